@@ -1,0 +1,92 @@
+"""Account and transfer identifiers.
+
+Customer account ids are 16 decimal digits (10^15 .. 10^16-1) whose last digit
+is a Luhn check digit, so a mistyped id is refused at the edge instead of
+reaching someone else's account. System (cash) accounts are below 10^15 and
+encode the shard and the currency: shard_index * 1000 + ISO numeric code.
+Transfer ids are client-chosen UUIDs, stored in canonical lowercase form.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+
+from shardbank import errors
+from shardbank.money import CURRENCIES, currency
+
+CUSTOMER_ID_MIN = 10**15
+CUSTOMER_ID_MAX = 10**16 - 1
+TRANSFER_ID_LENGTH_MAX = 36
+
+
+def luhn_digit(payload: str) -> int:
+    total = 0
+    for i, ch in enumerate(reversed(payload)):
+        d = int(ch)
+        if i % 2 == 0:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return (10 - total % 10) % 10
+
+
+def new_account_id() -> int:
+    payload = str(CUSTOMER_ID_MIN // 10 + secrets.randbelow(9 * CUSTOMER_ID_MIN // 10))
+    return int(payload + str(luhn_digit(payload)))
+
+
+def is_customer_account_id(account_id: int) -> bool:
+    if not CUSTOMER_ID_MIN <= account_id <= CUSTOMER_ID_MAX:
+        return False
+    text = str(account_id)
+    return luhn_digit(text[:-1]) == int(text[-1])
+
+
+def system_account_id(shard_index: int, currency_code: str) -> int:
+    return shard_index * 1000 + currency(currency_code).numeric
+
+
+def is_system_account_id(account_id: int) -> bool:
+    return 1000 <= account_id < CUSTOMER_ID_MIN
+
+
+def system_account_currency(account_id: int) -> str | None:
+    numeric = account_id % 1000
+    for cur in CURRENCIES.values():
+        if cur.numeric == numeric:
+            return cur.code
+    return None
+
+
+def check_account_id(account_id: int) -> None:
+    if not (is_customer_account_id(account_id) or is_system_account_id(account_id)):
+        raise errors.invalid(errors.INVALID_ACCOUNT_ID, "account id is not 16 digits with a valid check digit")
+
+
+def parse_account_id(text: str) -> int:
+    text = text.strip()
+    if not text.isdigit() or len(text) > 16:
+        raise errors.invalid(errors.INVALID_ACCOUNT_ID, "account id must be up to 16 digits")
+    value = int(text)
+    check_account_id(value)
+    return value
+
+
+def new_transfer_id() -> str:
+    return str(uuid.uuid4())
+
+
+def normalize_transfer_id(text: str) -> str:
+    """Canonical lowercase UUID text, or INVALID_TRANSFER_ID."""
+    if not text or len(text) > TRANSFER_ID_LENGTH_MAX:
+        raise errors.invalid(errors.INVALID_TRANSFER_ID, "transfer id must be a UUID")
+    try:
+        parsed = uuid.UUID(text)
+    except ValueError:
+        raise errors.invalid(errors.INVALID_TRANSFER_ID, "transfer id must be a UUID") from None
+    canonical = str(parsed)
+    if canonical != text.lower():
+        raise errors.invalid(errors.INVALID_TRANSFER_ID, "transfer id must be a UUID in 8-4-4-4-12 form")
+    return canonical
