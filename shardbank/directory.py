@@ -1,0 +1,117 @@
+"""Where shards are: slot map + shard registry (both from etcd) -> stubs.
+
+Used by the gateway and the coordinator. Two daemon threads keep a fresh copy
+of the slot map and of the registry; callers on an event loop read the copies
+without blocking, and call `refresh()` (run in a thread) after a SLOT_MOVED or
+a failed connection to catch up at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import grpc
+import structlog
+
+from shardbank import limits, meta
+from shardbank.slots import SlotMap
+from shardbank.v1 import ledger_pb2_grpc
+
+log = structlog.get_logger("directory")
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", limits.MESSAGE_BYTES_MAX),
+    ("grpc.max_receive_message_length", limits.MESSAGE_BYTES_MAX),
+    # Reconnect fast after a node restarts: the default backoff grows to 2 min.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.min_reconnect_backoff_ms", 100),
+]
+
+
+class UnknownShard(Exception):
+    """The slot map names a shard that has no live registration."""
+
+
+class ShardDirectory:
+    def __init__(self, etcd_endpoint: str) -> None:
+        self._etcd_endpoint = etcd_endpoint
+        self._slot_maps = meta.SlotMapWatcher(etcd_endpoint)
+        self._lock = threading.Lock()
+        self._registry: dict[str, dict[str, Any]] = {}
+        self._channels: dict[str, tuple[str, grpc.aio.Channel]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll_registry, name="registry", daemon=True)
+
+    async def start(self) -> ShardDirectory:
+        await asyncio.to_thread(self._slot_maps.start)
+        await asyncio.to_thread(self._read_registry)
+        self._thread.start()
+        return self
+
+    async def close(self) -> None:
+        self._stop.set()
+        self._slot_maps.stop()
+        for _, channel in list(self._channels.values()):
+            await channel.close()
+        self._channels.clear()
+
+    @property
+    def slot_map(self) -> SlotMap:
+        current = self._slot_maps.current
+        if current is None:
+            raise UnknownShard("no slot map in etcd yet")
+        return current
+
+    def owner(self, account_id: int) -> str:
+        return self.slot_map.owner(account_id)
+
+    def shard_ids(self) -> list[str]:
+        """Every shard that owns slots or is registered."""
+        with self._lock:
+            registered = set(self._registry)
+        current = self._slot_maps.current
+        owners = set(current.owners) if current else set()
+        return sorted(registered | owners)
+
+    def address(self, shard_id: str) -> str | None:
+        with self._lock:
+            entry = self._registry.get(shard_id)
+        return None if entry is None else str(entry["address"])
+
+    def stub(self, shard_id: str) -> ledger_pb2_grpc.LedgerNodeStub:
+        """A stub on a cached channel; raises UnknownShard if not registered."""
+        address = self.address(shard_id)
+        if address is None:
+            raise UnknownShard(shard_id)
+        cached = self._channels.get(shard_id)
+        if cached is None or cached[0] != address:
+            if cached is not None:
+                asyncio.ensure_future(cached[1].close())
+            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            self._channels[shard_id] = (address, channel)
+            cached = self._channels[shard_id]
+        return ledger_pb2_grpc.LedgerNodeStub(cached[1])
+
+    async def refresh(self) -> None:
+        await asyncio.to_thread(self._slot_maps.refresh)
+        await asyncio.to_thread(self._read_registry)
+
+    def _read_registry(self) -> None:
+        try:
+            client = meta.connect(self._etcd_endpoint)
+            try:
+                fresh = meta.list_shards(client)
+            finally:
+                client.close()
+        except Exception as exc:
+            log.warning("registry_read_failed", error=type(exc).__name__)
+            return
+        with self._lock:
+            self._registry = fresh
+
+    def _poll_registry(self) -> None:
+        while not self._stop.wait(meta.POLL_INTERVAL_S):
+            self._read_registry()
