@@ -23,9 +23,8 @@ def proto_files() -> list[Path]:
 
 
 def generate() -> None:
-    from grpc_tools import protoc  # imported here: only needed at build time
-
     import grpc_tools
+    from grpc_tools import protoc  # imported here: only needed at build time
 
     include = str(Path(grpc_tools.__file__).parent / "_proto")
     with tempfile.TemporaryDirectory(dir=ROOT / "shardbank") as tmp:

@@ -42,6 +42,8 @@ class ShardDirectory:
         self._lock = threading.Lock()
         self._registry: dict[str, dict[str, Any]] = {}
         self._channels: dict[str, tuple[str, grpc.aio.Channel]] = {}
+        self._closing: set[asyncio.Future[None]] = set()
+        self._etcd: Any = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll_registry, name="registry", daemon=True)
 
@@ -89,7 +91,9 @@ class ShardDirectory:
         cached = self._channels.get(shard_id)
         if cached is None or cached[0] != address:
             if cached is not None:
-                asyncio.ensure_future(cached[1].close())
+                closing = asyncio.ensure_future(cached[1].close())
+                self._closing.add(closing)
+                closing.add_done_callback(self._closing.discard)
             channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
             self._channels[shard_id] = (address, channel)
             cached = self._channels[shard_id]
@@ -101,13 +105,12 @@ class ShardDirectory:
 
     def _read_registry(self) -> None:
         try:
-            client = meta.connect(self._etcd_endpoint)
-            try:
-                fresh = meta.list_shards(client)
-            finally:
-                client.close()
+            if self._etcd is None:
+                self._etcd = meta.connect(self._etcd_endpoint)
+            fresh = meta.list_shards(self._etcd)
         except Exception as exc:
             log.warning("registry_read_failed", error=type(exc).__name__)
+            self._etcd = None
             return
         with self._lock:
             self._registry = fresh

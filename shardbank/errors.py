@@ -103,7 +103,7 @@ def not_found(reason: str, message: str = "") -> BankError:
     return BankError(grpc.StatusCode.NOT_FOUND, reason, message)
 
 
-async def abort(context: grpc.aio.ServicerContext, error: BankError) -> NoReturn:  # type: ignore[type-arg]
+async def abort(context: grpc.aio.ServicerContext, error: BankError) -> NoReturn:
     """Abort an aio RPC with the error's rich status."""
     await context.abort_with_status(error.to_status())
     raise AssertionError("abort_with_status returned")  # pragma: no cover
@@ -116,7 +116,7 @@ def from_rpc_error(error: grpc.RpcError) -> BankError:
     reason = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
     metadata: dict[str, str] = {}
     try:
-        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+        status = rpc_status.from_call(error)
     except Exception:  # a status without rich details, or a malformed one
         status = None
     if status is not None:
@@ -125,6 +125,8 @@ def from_rpc_error(error: grpc.RpcError) -> BankError:
             if detail.Unpack(info):
                 reason = info.reason
                 metadata = dict(info.metadata)
-    result = BankError(code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN, reason, details or "")
+    result = BankError(
+        code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN, reason, details or ""
+    )
     result.metadata = metadata
     return result

@@ -2,6 +2,8 @@
 
 These run at the node (the last line of defence) and at the edge; they are
 pure so both can share them. Masking keeps full ID numbers out of logs.
+Patterns are applied with `fullmatch`: `re.match` with `$` would accept a
+value with a trailing newline ("+8613812345678\n").
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ def cn_check_digit(first17: str) -> str:
 
 
 def check_cn_resident_id(number: str, today: dt.date | None = None) -> None:
-    if not _CN_ID.match(number):
+    if not _CN_ID.fullmatch(number):
         raise errors.invalid(errors.INVALID_ID_NUMBER, "resident ID must be 17 digits and a digit or X")
     try:
         born = dt.date(int(number[6:10]), int(number[10:12]), int(number[12:14]))
@@ -45,21 +47,23 @@ def check_cn_resident_id(number: str, today: dt.date | None = None) -> None:
 
 
 def check_passport(number: str) -> None:
-    if not _PASSPORT.match(number):
+    if not _PASSPORT.fullmatch(number):
         raise errors.invalid(errors.INVALID_ID_NUMBER, "passport number must be 5-20 of A-Z and 0-9")
 
 
 def check_name(name: str) -> None:
     if not 1 <= len(name) <= NAME_LENGTH_MAX or name.strip() != name or not name:
-        raise errors.invalid(errors.INVALID_NAME, f"name must be 1-{NAME_LENGTH_MAX} characters, no edge spaces")
+        raise errors.invalid(
+            errors.INVALID_NAME, f"name must be 1-{NAME_LENGTH_MAX} characters, no edge spaces"
+        )
     if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp") for ch in name):
         raise errors.invalid(errors.INVALID_NAME, "name contains control characters")
 
 
 def check_phone(phone: str) -> None:
-    if not _E164.match(phone):
+    if not _E164.fullmatch(phone):
         raise errors.invalid(errors.INVALID_PHONE, "phone must be E.164, e.g. +8613812345678")
-    if phone.startswith("+86") and not _CN_MOBILE.match(phone):
+    if phone.startswith("+86") and not _CN_MOBILE.fullmatch(phone):
         raise errors.invalid(errors.INVALID_PHONE, "mainland mobile must be +86 1[3-9] and 9 digits")
 
 
@@ -77,7 +81,7 @@ def mask_id_number(number: str) -> str:
 
 def mask_phone(phone: str) -> str:
     """'+86 138****5678' for mainland mobiles; otherwise keep the last 4."""
-    if _CN_MOBILE.match(phone):
+    if _CN_MOBILE.fullmatch(phone):
         return f"+86 {phone[3:6]}****{phone[-4:]}"
     if len(phone) <= 4:
         return "*" * len(phone)

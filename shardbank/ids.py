@@ -62,12 +62,15 @@ def system_account_currency(account_id: int) -> str | None:
 
 def check_account_id(account_id: int) -> None:
     if not (is_customer_account_id(account_id) or is_system_account_id(account_id)):
-        raise errors.invalid(errors.INVALID_ACCOUNT_ID, "account id is not 16 digits with a valid check digit")
+        raise errors.invalid(
+            errors.INVALID_ACCOUNT_ID, "account id is not 16 digits with a valid check digit"
+        )
 
 
 def parse_account_id(text: str) -> int:
     text = text.strip()
-    if not text.isdigit() or len(text) > 16:
+    # isascii: str.isdigit() is also true for '²' and other non-ASCII digits.
+    if not (text.isascii() and text.isdigit()) or len(text) > 16:
         raise errors.invalid(errors.INVALID_ACCOUNT_ID, "account id must be up to 16 digits")
     value = int(text)
     check_account_id(value)

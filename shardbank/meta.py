@@ -14,6 +14,7 @@ threads so an event loop never blocks on etcd.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -136,10 +137,8 @@ class Registration:
                 client, lease = None, None
             self._stop.wait(self._ttl_s / 3)
         if client is not None and lease is not None:
-            try:
+            with contextlib.suppress(Exception):
                 lease.revoke()
-            except Exception:
-                pass
 
 
 class SlotMapWatcher:

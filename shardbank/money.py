@@ -67,7 +67,7 @@ def parse_amount(text: str, currency_code: str) -> int:
         raise errors.invalid(
             errors.INVALID_AMOUNT, f"{cur.code} has {cur.exponent} decimal places, got {len(fraction)}"
         )
-    minor = int(whole) * 10**cur.exponent + int(fraction.ljust(cur.exponent, "0") or "0")
+    minor: int = int(whole) * 10**cur.exponent + int(fraction.ljust(cur.exponent, "0") or "0")
     check_amount(minor)
     return minor
 

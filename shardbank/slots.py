@@ -57,10 +57,20 @@ class SlotMap:
     def from_json(text: str | bytes) -> SlotMap:
         data = json.loads(text)
         if data.get("slot_count") != SLOT_COUNT:
-            raise ValueError(f"slot map has slot_count {data.get('slot_count')}, this build uses {SLOT_COUNT}")
+            raise ValueError(
+                f"slot map has slot_count {data.get('slot_count')}, this build uses {SLOT_COUNT}"
+            )
         owners: list[str | None] = [None] * SLOT_COUNT
         for first, last, shard in data["ranges"]:
+            # Checked, not trusted: a negative index would silently wrap around,
+            # an overlap would silently give a slot to the later range.
+            if not (isinstance(first, int) and isinstance(last, int) and 0 <= first <= last < SLOT_COUNT):
+                raise ValueError(f"slot map range {first}..{last} is outside 0..{SLOT_COUNT - 1}")
+            if not isinstance(shard, str) or not shard:
+                raise ValueError(f"slot map range {first}..{last} has no shard id")
             for slot in range(first, last + 1):
+                if owners[slot] is not None:
+                    raise ValueError(f"slot map gives slot {slot} to {owners[slot]} and {shard}")
                 owners[slot] = shard
         if any(owner is None for owner in owners):
             raise ValueError("slot map leaves slots without an owner")
