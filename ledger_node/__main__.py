@@ -1,0 +1,53 @@
+"""`python -m ledger_node --shard-id shard-1 --listen 127.0.0.1:50061 --data-dir DIR --etcd 127.0.0.1:2379`
+
+Runs one shard until SIGTERM/SIGINT, then stops gracefully and exits 0.
+`--etcd ""` runs standalone: no registration, every slot owned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+
+import structlog
+
+from ledger_node.server import create_server
+from shardbank import logs
+
+log = structlog.get_logger("ledger_node")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m ledger_node", description="Run one shardbank ledger node."
+    )
+    parser.add_argument("--shard-id", default="shard-1", help="shard-N (default shard-1)")
+    parser.add_argument("--listen", default="127.0.0.1:50061", help="host:port (default 127.0.0.1:50061)")
+    parser.add_argument("--data-dir", default="var/shard-1", help="RocksDB directory (default var/shard-1)")
+    parser.add_argument("--etcd", default="127.0.0.1:2379", help='etcd host:port; "" = standalone')
+    return parser.parse_args(argv)
+
+
+async def serve(args: argparse.Namespace) -> int:
+    node = await create_server(args.shard_id, args.listen, args.data_dir, args.etcd)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await node.start()
+    await stop.wait()
+    log.info("stopping", reason="signal")
+    await node.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logs.configure("ledger_node")
+    return asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

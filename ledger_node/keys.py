@@ -1,0 +1,76 @@
+"""RocksDB key layout of one shard, in one place.
+
+Keys are compact and binary so that the natural byte order of RocksDB is the
+order we iterate in: big-endian integers sort numerically, so `j/` walks the
+journal by seq and `h/<account>` walks one account's history by seq.
+
+    a/ + account id (8)                   Account proto (available not stored)
+    t/ + transfer uuid (16)               Leg proto: a transfer record held here
+                                          (single-shard, or 2PC debit = record holder)
+    l/ + transfer uuid (16)               Leg proto: a 2PC credit leg
+    p/ + role (1) + transfer uuid (16)    prepared_at ms (8): in-doubt index
+    j/ + seq (8)                          sha256 (32) || JournalEntry bytes
+    h/ + account id (8) + seq (8)         HistoryEntry proto
+    m/epoch                               highest coordinator epoch seen (8)
+    m/applied                             transfers applied, for NodeInfo (8)
+"""
+
+from __future__ import annotations
+
+import uuid
+
+ACCOUNT = b"a/"
+TRANSFER = b"t/"
+LEG = b"l/"
+IN_DOUBT = b"p/"
+JOURNAL = b"j/"
+HISTORY = b"h/"
+META_EPOCH = b"m/epoch"
+META_APPLIED = b"m/applied"
+
+U64_BYTES = 8
+UUID_BYTES = 16
+
+
+def u64(value: int) -> bytes:
+    return value.to_bytes(U64_BYTES, "big")
+
+
+def read_u64(data: bytes) -> int:
+    if len(data) != U64_BYTES:
+        raise ValueError(f"expected {U64_BYTES} bytes, got {len(data)}")
+    return int.from_bytes(data, "big")
+
+
+def account_key(account_id: int) -> bytes:
+    return ACCOUNT + u64(account_id)
+
+
+def transfer_key(transfer_id: str) -> bytes:
+    return TRANSFER + uuid.UUID(transfer_id).bytes
+
+
+def leg_key(transfer_id: str) -> bytes:
+    return LEG + uuid.UUID(transfer_id).bytes
+
+
+def in_doubt_key(role: int, transfer_id: str) -> bytes:
+    return IN_DOUBT + bytes([role]) + uuid.UUID(transfer_id).bytes
+
+
+def journal_key(seq: int) -> bytes:
+    return JOURNAL + u64(seq)
+
+
+def history_key(account_id: int, seq: int) -> bytes:
+    return HISTORY + u64(account_id) + u64(seq)
+
+
+def transfer_id_of(key: bytes) -> str:
+    """The canonical transfer id at the end of a t/, l/ or p/ key."""
+    return str(uuid.UUID(bytes=key[-UUID_BYTES:]))
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The first key after every key that starts with `prefix`."""
+    return prefix[:-1] + bytes([prefix[-1] + 1])

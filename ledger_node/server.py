@@ -1,0 +1,425 @@
+"""The gRPC face of a ledger node: thin handlers around the writer and the
+in-memory ledger, plus health, reflection, etcd registration and slot map.
+
+Handlers check whole-request limits, hand writes to the group-commit writer,
+serve reads from memory (accounts) or from RocksDB (records, history), and
+turn every failure into a status in one place (`_guard`): a BankError becomes
+its rich status, an unexpected exception INTERNAL with a logged request id
+(never a stack trace on the wire), and a broken invariant stops the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeAlias, TypeVar
+
+import grpc
+import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from ledger_node import keys
+from ledger_node.state import InvariantViolation, Ledger
+from ledger_node.store import Store
+from ledger_node.writer import Writer, wall_clock_ms
+from shardbank import errors, limits, meta, slots
+from shardbank.errors import BankError
+from shardbank.v1 import ledger_pb2, ledger_pb2_grpc, types_pb2
+
+SERVICE_NAME = ledger_pb2.DESCRIPTOR.services_by_name["LedgerNode"].full_name
+# Exit status after a broken invariant (EX_SOFTWARE): a supervisor must not
+# mistake it for a clean stop.
+EXIT_INVARIANT = 70
+# How long in-flight RPCs get to finish on SIGTERM.
+STOP_GRACE_S = 5.0
+SERVER_OPTIONS = [
+    ("grpc.max_send_message_length", limits.MESSAGE_BYTES_MAX),
+    ("grpc.max_receive_message_length", limits.MESSAGE_BYTES_MAX),
+]
+PAGE_TOKEN_VERSION = 1
+SLOT_MAP_WAIT_LOG_S = 30.0
+
+log = structlog.get_logger("ledger_node")
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+Handler = Callable[[Any, Req, Context], Awaitable[Resp]]
+
+
+class Ownership:
+    """Which customer accounts this shard serves: all of them (standalone),
+    or the slots the newest slot map assigns to it."""
+
+    def __init__(self, shard_id: str, watcher: meta.SlotMapWatcher | None) -> None:
+        self._shard_id = shard_id
+        self._watcher = watcher
+
+    def owns(self, account_id: int) -> bool:
+        if self._watcher is None:
+            return True
+        current = self._watcher.current
+        return current is not None and current.owner(account_id) == self._shard_id
+
+    def version(self) -> int:
+        current = None if self._watcher is None else self._watcher.current
+        return 0 if current is None else current.version
+
+    def slots_owned(self) -> int:
+        if self._watcher is None:
+            return slots.SLOT_COUNT
+        current = self._watcher.current
+        return 0 if current is None else len(current.slots_of(self._shard_id))
+
+
+def _guard(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    """One place that turns failures into statuses (see module doc)."""
+
+    async def guarded(self: LedgerNodeServicer, request: Req, context: Context) -> Resp:
+        try:
+            return await handler(self, request, context)
+        except BankError as error:
+            failure = error
+        except InvariantViolation as exc:
+            await self.on_fatal(exc)
+            failure = BankError(grpc.StatusCode.UNAVAILABLE, errors.SHARD_UNAVAILABLE, "the node failed")
+        except Exception as exc:
+            request_id = uuid.uuid4().hex
+            log.error(
+                "rpc_failed",
+                rpc=handler.__name__,
+                request_id=request_id,
+                error=type(exc).__name__,
+                exc_info=exc,
+            )
+            failure = BankError(
+                grpc.StatusCode.INTERNAL, errors.INTERNAL, f"internal error, request id {request_id}"
+            )
+        await errors.abort(context, failure)
+
+    guarded.__name__ = handler.__name__
+    return guarded
+
+
+def _check_batch(count: int) -> None:
+    if count == 0:
+        raise errors.invalid(errors.BATCH_EMPTY, "the batch has no items")
+    if count > limits.BATCH_ITEMS_MAX:
+        raise BankError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            errors.BATCH_TOO_LARGE,
+            f"at most {limits.BATCH_ITEMS_MAX} items",
+        )
+
+
+def encode_page_token(account_id: int, before_seq: int) -> str:
+    raw = bytes([PAGE_TOKEN_VERSION]) + keys.u64(account_id) + keys.u64(before_seq)
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_page_token(token: str, account_id: int) -> int:
+    """The journal seq a page starts below; INVALID_PAGE_TOKEN if forged or foreign."""
+    bad = errors.invalid(errors.INVALID_PAGE_TOKEN, "page token is not one this node gave for this account")
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except ValueError:
+        raise bad from None
+    if len(raw) != 17 or raw[0] != PAGE_TOKEN_VERSION or keys.read_u64(raw[1:9]) != account_id:
+        raise bad
+    return keys.read_u64(raw[9:])
+
+
+class LedgerNodeServicer(ledger_pb2_grpc.LedgerNodeServicer):
+    def __init__(
+        self,
+        shard_id: str,
+        ledger: Ledger,
+        store: Store,
+        writer: Writer,
+        ownership: Ownership,
+        on_fatal: Callable[[BaseException], Awaitable[None]],
+    ) -> None:
+        self.shard_id = shard_id
+        self.address = ""
+        self._ledger = ledger
+        self._store = store
+        self._writer = writer
+        self._ownership = ownership
+        self.on_fatal = on_fatal
+
+    async def _write(self, request: Any, count: int) -> Any:
+        _check_batch(count)
+        response = await self._writer.submit(request)
+        if isinstance(response, BankError):
+            raise response
+        return response
+
+    @_guard
+    async def CreateAccounts(
+        self, request: ledger_pb2.CreateAccountsRequest, context: Context
+    ) -> ledger_pb2.AccountsResponse:
+        response: ledger_pb2.AccountsResponse = await self._write(request, len(request.accounts))
+        log.info("accounts_created", count=len(request.accounts), actor=request.actor)
+        return response
+
+    @_guard
+    async def UpdateContacts(
+        self, request: ledger_pb2.UpdateContactsRequest, context: Context
+    ) -> ledger_pb2.AccountsResponse:
+        response: ledger_pb2.AccountsResponse = await self._write(request, len(request.updates))
+        log.info("contacts_updated", count=len(request.updates), actor=request.actor)
+        return response
+
+    @_guard
+    async def ChangeStatus(
+        self, request: ledger_pb2.ChangeStatusRequest, context: Context
+    ) -> ledger_pb2.AccountsResponse:
+        response: ledger_pb2.AccountsResponse = await self._write(request, len(request.items))
+        for item, result in zip(request.items, response.results, strict=True):
+            log.info(
+                "status_change",
+                account_id=item.account_id,
+                action=ledger_pb2.StatusAction.Name(item.action)
+                if item.action in (0, 1, 2, 3)
+                else item.action,
+                actor=request.actor,
+                code=result.code,
+                reason=result.reason,
+            )
+        return response
+
+    @_guard
+    async def ApplyTransfers(
+        self, request: ledger_pb2.ApplyTransfersRequest, context: Context
+    ) -> ledger_pb2.TransfersResponse:
+        response: ledger_pb2.TransfersResponse = await self._write(request, len(request.transfers))
+        for transfer in response.transfers:
+            log.debug("transfer", transfer_id=transfer.id, status=transfer.status, reason=transfer.reason)
+        return response
+
+    @_guard
+    async def Prepare(self, request: ledger_pb2.PrepareRequest, context: Context) -> ledger_pb2.LegsResponse:
+        response: ledger_pb2.LegsResponse = await self._write(request, len(request.items))
+        self._log_legs("prepare", request.epoch, response)
+        return response
+
+    @_guard
+    async def Decide(self, request: ledger_pb2.DecideRequest, context: Context) -> ledger_pb2.LegsResponse:
+        response: ledger_pb2.LegsResponse = await self._write(request, len(request.items))
+        self._log_legs("decide", request.epoch, response)
+        return response
+
+    @_guard
+    async def Finish(self, request: ledger_pb2.FinishRequest, context: Context) -> ledger_pb2.LegsResponse:
+        response: ledger_pb2.LegsResponse = await self._write(request, len(request.items))
+        self._log_legs("finish", request.epoch, response)
+        return response
+
+    def _log_legs(self, step: str, epoch: int, response: ledger_pb2.LegsResponse) -> None:
+        for leg in response.legs:
+            log.info(
+                step,
+                transfer_id=leg.transfer.id,
+                epoch=epoch,
+                state=ledger_pb2.LegState.Name(leg.state),
+                code=leg.code,
+                reason=leg.reason,
+            )
+
+    @_guard
+    async def GetAccounts(
+        self, request: ledger_pb2.GetAccountsRequest, context: Context
+    ) -> ledger_pb2.AccountsResponse:
+        _check_batch(len(request.ids))
+        return ledger_pb2.AccountsResponse(results=[self._ledger.get_account(i) for i in request.ids])
+
+    @_guard
+    async def GetTransfers(
+        self, request: ledger_pb2.GetTransfersRequest, context: Context
+    ) -> ledger_pb2.TransfersResponse:
+        _check_batch(len(request.ids))
+        return ledger_pb2.TransfersResponse(transfers=[self._ledger.get_transfer(i) for i in request.ids])
+
+    @_guard
+    async def ListHistory(
+        self, request: ledger_pb2.ListHistoryRequest, context: Context
+    ) -> ledger_pb2.ListHistoryResponse:
+        page_size = request.page_size or limits.HISTORY_PAGE_SIZE_DEFAULT
+        if page_size > limits.HISTORY_PAGE_SIZE_MAX:
+            raise errors.invalid(
+                errors.INVALID_PAGE_SIZE, f"page_size must be 1..{limits.HISTORY_PAGE_SIZE_MAX}"
+            )
+        found = self._ledger.get_account(request.account_id)
+        if found.code != 0:
+            raise BankError(errors.status_code(found.code), found.reason, found.message)
+        prefix = keys.HISTORY + keys.u64(request.account_id)
+        before = None
+        if request.page_token:
+            before = keys.history_key(
+                request.account_id, decode_page_token(request.page_token, request.account_id)
+            )
+        entries: list[types_pb2.HistoryEntry] = []
+        for _, value in self._store.scan_back(prefix, before):
+            if len(entries) == page_size + 1:
+                break
+            entries.append(types_pb2.HistoryEntry.FromString(value))
+        next_token = ""
+        if len(entries) > page_size:
+            entries = entries[:page_size]
+            next_token = encode_page_token(request.account_id, entries[-1].journal_seq)
+        return ledger_pb2.ListHistoryResponse(entries=entries, next_page_token=next_token)
+
+    @_guard
+    async def ListInDoubt(
+        self, request: ledger_pb2.ListInDoubtRequest, context: Context
+    ) -> ledger_pb2.LegsResponse:
+        legs = self._ledger.in_doubt_legs(wall_clock_ms(), request.older_than_ms, request.limit)
+        return ledger_pb2.LegsResponse(legs=legs)
+
+    @_guard
+    async def GetNodeInfo(
+        self, request: ledger_pb2.GetNodeInfoRequest, context: Context
+    ) -> ledger_pb2.NodeInfo:
+        ledger = self._ledger
+        return ledger_pb2.NodeInfo(
+            shard_id=self.shard_id,
+            address=self.address,
+            slot_map_version=self._ownership.version(),
+            slots_owned=self._ownership.slots_owned(),
+            accounts=len(ledger.accounts),
+            journal_seq=ledger.journal_seq,
+            journal_head_hash=ledger.journal_hash,
+            max_epoch_seen=ledger.max_epoch,
+            in_doubt_legs=len(ledger.in_doubt),
+            transfers_applied=ledger.transfers_applied,
+            pid=os.getpid(),
+        )
+
+
+class NodeServer:
+    """A ledger node assembled but not yet serving: `start()`, then `stop()`."""
+
+    def __init__(
+        self,
+        shard_id: str,
+        etcd: str,
+        store: Store,
+        watcher: meta.SlotMapWatcher | None,
+        exit_process: Callable[[int], None],
+    ) -> None:
+        self.shard_id = shard_id
+        self._etcd = etcd
+        self._store = store
+        self._watcher = watcher
+        self._exit_process = exit_process
+        self._registration: meta.Registration | None = None
+        self._writer_task: asyncio.Task[None] | None = None
+        self.fatal: BaseException | None = None
+        self.health = health_aio.HealthServicer()
+        self.server = grpc.aio.server(
+            options=SERVER_OPTIONS, maximum_concurrent_rpcs=limits.CONCURRENT_RPCS_MAX
+        )
+        loaded = store.load()
+        ownership = Ownership(shard_id, watcher)
+        self.ledger = Ledger(
+            shard_id,
+            store.get,
+            ownership.owns,
+            accounts=loaded.accounts,
+            journal_seq=loaded.journal_seq,
+            journal_hash=loaded.journal_hash,
+            max_epoch=loaded.max_epoch,
+            in_doubt=loaded.in_doubt,
+            transfers_applied=loaded.transfers_applied,
+        )
+        self.writer = Writer(self.ledger, store, self.on_fatal)
+        self.servicer = LedgerNodeServicer(
+            shard_id, self.ledger, store, self.writer, ownership, self.on_fatal
+        )
+        ledger_pb2_grpc.add_LedgerNodeServicer_to_server(self.servicer, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            self.server,
+        )
+        self.port = 0
+        self.address = ""
+
+    def bind(self, listen: str) -> int:
+        host = listen.rpartition(":")[0] or "127.0.0.1"
+        self.port = self.server.add_insecure_port(listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {listen}")
+        self.address = f"{host}:{self.port}"
+        self.servicer.address = self.address
+        return self.port
+
+    async def start(self) -> None:
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.start()
+        self._writer_task = asyncio.create_task(self.writer.run(), name="writer")
+        if self._etcd:
+            value = {"shard_id": self.shard_id, "address": self.address, "pid": os.getpid()}
+            self._registration = meta.Registration(self._etcd, meta.SHARDS + self.shard_id, value).start()
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving", shard_id=self.shard_id, address=self.address, accounts=len(self.ledger.accounts))
+
+    async def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """Graceful: no new RPCs, in-flight ones finish, the queue is written, the DB closed."""
+        await self.health.enter_graceful_shutdown()
+        if self._registration is not None:
+            self._registration.stop()
+        await self.server.stop(grace_s)
+        self.writer.stop()
+        if self._writer_task is not None:
+            await self._writer_task
+        if self._watcher is not None:
+            self._watcher.stop()
+        self._store.close()
+        log.info("stopped", shard_id=self.shard_id)
+
+    async def on_fatal(self, exc: BaseException) -> None:
+        """A broken invariant or a failed write: say so, stop serving, exit."""
+        self.fatal = exc
+        log.critical("invariant_violation", shard_id=self.shard_id, error=type(exc).__name__, detail=str(exc))
+        await self.health.enter_graceful_shutdown()
+        self._exit_process(EXIT_INVARIANT)
+
+
+async def create_server(
+    shard_id: str,
+    listen: str,
+    data_dir: str,
+    etcd: str = "",
+    *,
+    exit_process: Callable[[int], None] = os._exit,
+) -> NodeServer:
+    """Open the shard's DB, load it, wait for the slot map (unless standalone,
+    `etcd=""`), bind `listen` (port 0 picks one: see `.port`). Not yet serving."""
+    store = Store(data_dir)
+    watcher = None
+    if etcd:
+        watcher = meta.SlotMapWatcher(etcd)
+        await asyncio.to_thread(watcher.start, SLOT_MAP_WAIT_LOG_S)
+        await _wait_for_slot_map(watcher)
+    node = NodeServer(shard_id, etcd, store, watcher, exit_process)
+    node.bind(listen)
+    return node
+
+
+async def _wait_for_slot_map(watcher: meta.SlotMapWatcher) -> None:
+    """A node without a map would refuse every item: wait (the polling thread refreshes)."""
+    while watcher.current is None:
+        log.warning("waiting_for_slot_map")
+        await asyncio.sleep(SLOT_MAP_WAIT_LOG_S / 10)

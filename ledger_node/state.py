@@ -1,0 +1,1074 @@
+"""The ledger's pure state machine: no sockets, no RocksDB, no clock.
+
+`Ledger.apply(requests, now_ms)` takes a drain of write requests, changes the
+in-memory accounts, and returns one response per request plus the key/value
+writes (account records, transfer records, 2PC legs, journal entries, history)
+that the writer must put into ONE synced RocksDB WriteBatch before anyone is
+answered. Transfer records and legs are read through an injected `reader`
+(RocksDB in production, a dict in tests) with this drain's own writes laid over
+it, so two items with the same id in one drain see each other.
+
+Money rules live here, once: see docs/internals.md "Ledger node semantics".
+Anything that must never happen (a negative hold, postings that do not sum to
+zero, a customer below its overdraft) raises `InvariantViolation`; the server
+crashes on it rather than write a wrong ledger.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+
+from ledger_node import journal, keys
+from shardbank import errors, identity, ids, limits, money
+from shardbank.errors import BankError
+from shardbank.v1 import ledger_pb2, types_pb2
+
+Reader = Callable[[bytes], bytes | None]
+Owns = Callable[[int], bool]
+# (key, value); value None deletes the key.
+Write = tuple[bytes, bytes | None]
+Request = (
+    ledger_pb2.CreateAccountsRequest
+    | ledger_pb2.UpdateContactsRequest
+    | ledger_pb2.ChangeStatusRequest
+    | ledger_pb2.ApplyTransfersRequest
+    | ledger_pb2.PrepareRequest
+    | ledger_pb2.DecideRequest
+    | ledger_pb2.FinishRequest
+)
+Response = ledger_pb2.AccountsResponse | ledger_pb2.TransfersResponse | ledger_pb2.LegsResponse | BankError
+
+# Status changes kept on the account record (older ones stay in the journal):
+# bounds the size of an account value that is rewritten on every posting.
+STATUS_HISTORY_MAX = 32
+CUSTOMER_ID_LENGTH_MAX = 64
+# Legs one ListInDoubt answer carries when the caller gives no limit.
+IN_DOUBT_LIMIT_DEFAULT = 1000
+
+ACTIVE = types_pb2.ACCOUNT_STATUS_ACTIVE
+FROZEN = types_pb2.ACCOUNT_STATUS_FROZEN
+CLOSED = types_pb2.ACCOUNT_STATUS_CLOSED
+SYSTEM = types_pb2.ACCOUNT_TYPE_SYSTEM
+BUSINESS = types_pb2.ACCOUNT_TYPE_BUSINESS
+DEPOSIT = types_pb2.TRANSFER_KIND_DEPOSIT
+WITHDRAWAL = types_pb2.TRANSFER_KIND_WITHDRAWAL
+TRANSFER = types_pb2.TRANSFER_KIND_TRANSFER
+PAYMENT = types_pb2.TRANSFER_KIND_PAYMENT
+DEBIT = types_pb2.LEG_ROLE_DEBIT
+CREDIT = types_pb2.LEG_ROLE_CREDIT
+PREPARED = ledger_pb2.LEG_STATE_PREPARED
+COMMITTED = ledger_pb2.LEG_STATE_COMMITTED
+ABORTED = ledger_pb2.LEG_STATE_ABORTED
+UNKNOWN = ledger_pb2.LEG_STATE_UNKNOWN
+COMMIT = ledger_pb2.DECISION_COMMIT
+ABORT = ledger_pb2.DECISION_ABORT
+
+_TRANSFER_STATUS_OF_STATE = {
+    PREPARED: types_pb2.TRANSFER_STATUS_PENDING,
+    COMMITTED: types_pb2.TRANSFER_STATUS_COMMITTED,
+    ABORTED: types_pb2.TRANSFER_STATUS_ABORTED,
+}
+
+
+class InvariantViolation(Exception):
+    """A rule that no input can break was broken: a bug or corrupted state.
+
+    Never handled. The server logs it, reports NOT_SERVING and exits, so a
+    wrong ledger is never written to disk nor served.
+    """
+
+
+def invariant(condition: bool, message: str) -> None:
+    """An explicit check (not `assert`, which `python -O` strips)."""
+    if not condition:
+        raise InvariantViolation(message)
+
+
+def shard_index(shard_id: str) -> int:
+    """`shard-3` -> 3: the index in the ids of this shard's cash accounts."""
+    prefix, _, number = shard_id.rpartition("-")
+    if prefix != "shard" or not number.isdigit() or not 1 <= int(number) <= 999_999_999:
+        raise ValueError(f"shard id must look like shard-N, got {shard_id!r}")
+    return int(number)
+
+
+@dataclass(slots=True)
+class AccountState:
+    """One account in memory. Holder details stay serialized: they are read
+    rarely, and bytes cost less memory than a message per account."""
+
+    id: int
+    currency: str
+    type: types_pb2.AccountType.ValueType
+    status: types_pb2.AccountStatus.ValueType
+    overdraft_limit: int
+    created_at_ms: int
+    updated_at_ms: int
+    holder_bytes: bytes = b""
+    balance: int = 0
+    held: int = 0
+    pending_credit: int = 0
+    status_history: list[types_pb2.StatusChange] = field(default_factory=list)
+
+    @property
+    def available(self) -> int:
+        return self.balance - self.held + self.overdraft_limit
+
+    def holder(self) -> types_pb2.Holder:
+        return types_pb2.Holder.FromString(self.holder_bytes)
+
+    def to_proto(self, with_available: bool = True) -> types_pb2.Account:
+        account = types_pb2.Account(
+            id=self.id,
+            currency=self.currency,
+            type=self.type,
+            holder=self.holder(),
+            status=self.status,
+            balance=self.balance,
+            held=self.held,
+            overdraft_limit=self.overdraft_limit,
+            pending_credit=self.pending_credit,
+            created_at_unix_ms=self.created_at_ms,
+            updated_at_unix_ms=self.updated_at_ms,
+            status_history=self.status_history,
+        )
+        if with_available:
+            account.available = self.available
+        return account
+
+    @staticmethod
+    def from_proto(account: types_pb2.Account) -> AccountState:
+        return AccountState(
+            id=account.id,
+            currency=account.currency,
+            type=account.type,
+            status=account.status,
+            overdraft_limit=account.overdraft_limit,
+            created_at_ms=account.created_at_unix_ms,
+            updated_at_ms=account.updated_at_unix_ms,
+            holder_bytes=account.holder.SerializeToString(deterministic=True),
+            balance=account.balance,
+            held=account.held,
+            pending_credit=account.pending_credit,
+            status_history=list(account.status_history),
+        )
+
+
+def check_account_invariants(account: AccountState) -> None:
+    """What must hold for every account at every write (and after every read)."""
+    where = f"account {account.id}"
+    invariant(account.held >= 0, f"{where}: held {account.held} < 0")
+    invariant(account.pending_credit >= 0, f"{where}: pending_credit {account.pending_credit} < 0")
+    invariant(abs(account.balance) <= money.BALANCE_MAX_MINOR, f"{where}: balance out of range")
+    invariant(
+        account.balance + account.pending_credit <= money.BALANCE_MAX_MINOR,
+        f"{where}: balance + pending_credit out of range",
+    )
+    if account.type == SYSTEM:
+        invariant(account.held == 0, f"{where}: a cash account holds {account.held}")
+    else:
+        invariant(account.available >= 0, f"{where}: available {account.available} < 0")
+    if account.status == CLOSED:
+        invariant(
+            account.balance == 0 and account.held == 0 and account.pending_credit == 0,
+            f"{where}: closed with money on it",
+        )
+
+
+def client_body(transfer: types_pb2.Transfer) -> tuple[int, int, int, int, str, str, str]:
+    """What two submissions of one id must agree on (internals: body equality).
+    The cash side of a deposit/withdrawal counts as the 0 the client gave."""
+    debit = 0 if transfer.kind == DEPOSIT else transfer.debit_account_id
+    credit = 0 if transfer.kind == WITHDRAWAL else transfer.credit_account_id
+    return (
+        transfer.kind,
+        debit,
+        credit,
+        transfer.amount,
+        transfer.currency,
+        transfer.memo,
+        transfer.reference,
+    )
+
+
+def _same_body(stored: types_pb2.Transfer, given: types_pb2.Transfer) -> bool:
+    # A presumed-abort tombstone written without a body matches any body: the
+    # late Prepare then sees ABORTED, which is the point of the tombstone.
+    if stored.kind == types_pb2.TRANSFER_KIND_UNSPECIFIED:
+        return True
+    return client_body(stored) == client_body(given)
+
+
+def _set_outcome(transfer: types_pb2.Transfer, error: BankError | None) -> None:
+    if error is None:
+        transfer.code, transfer.reason, transfer.message = 0, "", ""
+    else:
+        transfer.code, transfer.reason, transfer.message = error.code_value, error.reason, error.message
+
+
+def _rejected(given: types_pb2.Transfer, error: BankError) -> types_pb2.Transfer:
+    """An item refused before anything was recorded: the id stays free."""
+    out = types_pb2.Transfer()
+    out.CopyFrom(given)
+    out.status = types_pb2.TRANSFER_STATUS_REJECTED
+    _set_outcome(out, error)
+    return out
+
+
+def _leg_out(record: ledger_pb2.Leg, error: BankError | None = None, done: bool = False) -> ledger_pb2.Leg:
+    """The answer for one item. `done`: the leg is in the state the caller
+    asked for (code 0). Otherwise an ABORTED leg answers with why it aborted,
+    which is what a Prepare caller needs to abort the other leg."""
+    out = ledger_pb2.Leg()
+    out.CopyFrom(record)
+    if error is not None:
+        out.code, out.reason = error.code_value, error.reason
+    elif record.state == ABORTED and not done:
+        out.code, out.reason = record.transfer.code, record.transfer.reason
+    return out
+
+
+def _leg_refused(given: types_pb2.Transfer, role: int, error: BankError) -> ledger_pb2.Leg:
+    transfer = types_pb2.Transfer()
+    transfer.CopyFrom(given)
+    return ledger_pb2.Leg(
+        transfer=transfer,
+        role=role,  # type: ignore[arg-type]
+        state=UNKNOWN,
+        code=error.code_value,
+        reason=error.reason,
+    )
+
+
+def _account_refused(account_id: int, error: BankError) -> ledger_pb2.AccountResult:
+    return ledger_pb2.AccountResult(
+        account=types_pb2.Account(id=account_id),
+        code=error.code_value,
+        reason=error.reason,
+        message=error.message,
+    )
+
+
+def _check_batch(count: int) -> BankError | None:
+    if count == 0:
+        return errors.invalid(errors.BATCH_EMPTY, "the batch has no items")
+    if count > limits.BATCH_ITEMS_MAX:
+        return BankError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            errors.BATCH_TOO_LARGE,
+            f"at most {limits.BATCH_ITEMS_MAX} items per request",
+        )
+    return None
+
+
+def _check_actor(actor: str, required: bool) -> BankError | None:
+    if len(actor) > limits.ACTOR_LENGTH_MAX or (required and not actor):
+        return errors.invalid(
+            errors.INVALID_ARGUMENT, f"actor must be 1-{limits.ACTOR_LENGTH_MAX} characters"
+        )
+    return None
+
+
+def _check_customer_id(account_id: int) -> None:
+    ids.check_account_id(account_id)
+    if not ids.is_customer_account_id(account_id):
+        raise errors.invalid(errors.SYSTEM_ACCOUNT, "a cash account cannot be named here")
+
+
+def _check_holder(holder: types_pb2.Holder, today: dt.date) -> None:
+    identity.check_name(holder.name)
+    if holder.id_type == types_pb2.ID_DOCUMENT_TYPE_CN_RESIDENT_ID:
+        identity.check_cn_resident_id(holder.id_number, today)
+    elif holder.id_type == types_pb2.ID_DOCUMENT_TYPE_PASSPORT:
+        identity.check_passport(holder.id_number)
+    else:
+        raise errors.invalid(errors.INVALID_ID_NUMBER, "id_type must be CN_RESIDENT_ID or PASSPORT")
+    identity.check_phone(holder.phone)
+    if len(holder.customer_id) > CUSTOMER_ID_LENGTH_MAX:
+        raise errors.invalid(errors.INVALID_ARGUMENT, f"customer_id is longer than {CUSTOMER_ID_LENGTH_MAX}")
+
+
+def _id_conflict() -> BankError:
+    return BankError(
+        grpc.StatusCode.ALREADY_EXISTS, errors.TRANSFER_ID_CONFLICT, "this id was used with another body"
+    )
+
+
+def _slot_moved(account_id: int) -> BankError:
+    return BankError(grpc.StatusCode.ABORTED, errors.SLOT_MOVED, f"account {account_id} is not on this shard")
+
+
+class Ledger:
+    """All accounts of one shard in memory, and the rules that change them."""
+
+    def __init__(
+        self,
+        shard_id: str,
+        reader: Reader,
+        owns: Owns,
+        *,
+        accounts: dict[int, AccountState] | None = None,
+        journal_seq: int = 0,
+        journal_hash: bytes = journal.GENESIS_HASH,
+        max_epoch: int = 0,
+        in_doubt: dict[tuple[int, str], int] | None = None,
+        transfers_applied: int = 0,
+    ) -> None:
+        self.shard_id = shard_id
+        self.shard_index = shard_index(shard_id)
+        self.accounts: dict[int, AccountState] = accounts if accounts is not None else {}
+        self.journal_seq = journal_seq
+        self.journal_hash = journal_hash
+        self.max_epoch = max_epoch
+        # (role, transfer id) -> prepared_at ms of every PREPARED record/leg.
+        self.in_doubt: dict[tuple[int, str], int] = in_doubt if in_doubt is not None else {}
+        self.transfers_applied = transfers_applied
+        self._reader = reader
+        self._owns = owns
+        self._writes: dict[bytes, bytes | None] = {}
+        self._dirty: set[int] = set()
+
+    # ------------------------------------------------------------------ drain
+
+    def apply(self, requests: Sequence[Request], now_ms: int) -> tuple[list[Response], list[Write]]:
+        """Apply a drain of requests in order: (one response each, the writes)."""
+        invariant(not self._writes and not self._dirty, "apply re-entered with writes pending")
+        epoch_before, applied_before = self.max_epoch, self.transfers_applied
+        responses = [self._apply_request(request, now_ms) for request in requests]
+        for account_id in sorted(self._dirty):
+            account = self.accounts[account_id]
+            check_account_invariants(account)
+            self._writes[keys.account_key(account_id)] = account.to_proto(
+                with_available=False
+            ).SerializeToString(deterministic=True)
+        if self.max_epoch != epoch_before:
+            invariant(self.max_epoch > epoch_before, "max epoch went down")
+            self._writes[keys.META_EPOCH] = keys.u64(self.max_epoch)
+        if self.transfers_applied != applied_before:
+            self._writes[keys.META_APPLIED] = keys.u64(self.transfers_applied)
+        writes = list(self._writes.items())
+        self._writes = {}
+        self._dirty = set()
+        return responses, writes
+
+    def _apply_request(self, request: Request, now_ms: int) -> Response:
+        if isinstance(request, ledger_pb2.CreateAccountsRequest):
+            return self._create_accounts(request, now_ms)
+        if isinstance(request, ledger_pb2.UpdateContactsRequest):
+            return self._update_contacts(request, now_ms)
+        if isinstance(request, ledger_pb2.ChangeStatusRequest):
+            return self._change_statuses(request, now_ms)
+        if isinstance(request, ledger_pb2.ApplyTransfersRequest):
+            batch_error = _check_batch(len(request.transfers))
+            if batch_error is not None:
+                return batch_error
+            return ledger_pb2.TransfersResponse(
+                transfers=[self._apply_transfer(t, now_ms) for t in request.transfers]
+            )
+        if isinstance(request, ledger_pb2.PrepareRequest):
+            fence = self._fence(request.epoch, len(request.items))
+            if fence is not None:
+                return fence
+            return ledger_pb2.LegsResponse(
+                legs=[self._prepare(item, request.epoch, now_ms) for item in request.items]
+            )
+        fence = self._fence(request.epoch, len(request.items))
+        if fence is not None:
+            return fence
+        role = DEBIT if isinstance(request, ledger_pb2.DecideRequest) else CREDIT
+        return ledger_pb2.LegsResponse(
+            legs=[self._resolve(item, role, request.epoch, now_ms) for item in request.items]
+        )
+
+    def _fence(self, epoch: int, count: int) -> BankError | None:
+        """Whole-request checks of a 2PC call; raises the max epoch seen."""
+        batch_error = _check_batch(count)
+        if batch_error is not None:
+            return batch_error
+        if epoch == 0:
+            return errors.invalid(errors.INVALID_ARGUMENT, "a 2PC request needs the coordinator epoch")
+        if epoch < self.max_epoch:
+            return BankError(
+                grpc.StatusCode.ABORTED, errors.STALE_EPOCH, f"epoch {epoch} < highest seen {self.max_epoch}"
+            )
+        self.max_epoch = epoch
+        return None
+
+    # ------------------------------------------------------------------ I/O-free helpers
+
+    def _read(self, key: bytes) -> bytes | None:
+        if key in self._writes:
+            return self._writes[key]
+        return self._reader(key)
+
+    def _read_leg(self, key: bytes) -> ledger_pb2.Leg | None:
+        value = self._read(key)
+        return None if value is None else ledger_pb2.Leg.FromString(value)
+
+    def _put_leg(self, key: bytes, record: ledger_pb2.Leg) -> None:
+        self._writes[key] = record.SerializeToString(deterministic=True)
+
+    def _journal(self, entry: types_pb2.JournalEntry) -> int:
+        """Append one entry to the hash chain; returns its seq."""
+        seq = self.journal_seq + 1
+        entry.seq = seq
+        entry_bytes = entry.SerializeToString(deterministic=True)
+        value, head = journal.encode(self.journal_hash, entry_bytes)
+        self._writes[keys.journal_key(seq)] = value
+        self.journal_seq, self.journal_hash = seq, head
+        return seq
+
+    def _history(self, account: AccountState, transfer: types_pb2.Transfer, delta: int, seq: int) -> None:
+        entry = types_pb2.HistoryEntry(
+            transfer=transfer, balance_delta=delta, balance_after=account.balance, journal_seq=seq
+        )
+        self._writes[keys.history_key(account.id, seq)] = entry.SerializeToString(deterministic=True)
+
+    def _touch(self, account: AccountState, now_ms: int) -> None:
+        account.updated_at_ms = now_ms
+        self._dirty.add(account.id)
+        check_account_invariants(account)
+
+    # ------------------------------------------------------------------ accounts
+
+    def _create_accounts(self, request: ledger_pb2.CreateAccountsRequest, now_ms: int) -> Response:
+        whole = _check_batch(len(request.accounts)) or _check_actor(request.actor, required=False)
+        if whole is not None:
+            return whole
+        return ledger_pb2.AccountsResponse(
+            results=[self._create_account(a, now_ms) for a in request.accounts]
+        )
+
+    def _create_account(self, given: types_pb2.Account, now_ms: int) -> ledger_pb2.AccountResult:
+        try:
+            _check_customer_id(given.id)
+            money.currency(given.currency)
+            if given.type not in (types_pb2.ACCOUNT_TYPE_PERSONAL, BUSINESS):
+                raise errors.invalid(errors.INVALID_ACCOUNT_TYPE, "type must be PERSONAL or BUSINESS")
+            _check_holder(given.holder, _date_of(now_ms))
+            if not 0 <= given.overdraft_limit <= limits.OVERDRAFT_LIMIT_MAX_MINOR:
+                raise errors.invalid(
+                    errors.INVALID_OVERDRAFT_LIMIT,
+                    f"overdraft_limit must be 0..{limits.OVERDRAFT_LIMIT_MAX_MINOR}",
+                )
+        except BankError as error:
+            return _account_refused(given.id, error)
+        if not self._owns(given.id):
+            return _account_refused(given.id, _slot_moved(given.id))
+        holder_bytes = given.holder.SerializeToString(deterministic=True)
+        existing = self.accounts.get(given.id)
+        if existing is not None:
+            same = (existing.currency, existing.type, existing.holder_bytes, existing.overdraft_limit) == (
+                given.currency,
+                given.type,
+                holder_bytes,
+                given.overdraft_limit,
+            )
+            if same:  # a retried opening: the first outcome again
+                return ledger_pb2.AccountResult(account=existing.to_proto())
+            exists = BankError(
+                grpc.StatusCode.ALREADY_EXISTS, errors.ACCOUNT_EXISTS, "account id already in use"
+            )
+            return _account_refused(given.id, exists)
+        account = AccountState(
+            id=given.id,
+            currency=given.currency,
+            type=given.type,
+            status=ACTIVE,
+            overdraft_limit=given.overdraft_limit,
+            created_at_ms=now_ms,
+            updated_at_ms=now_ms,
+            holder_bytes=holder_bytes,
+        )
+        self._open(account, now_ms)
+        return ledger_pb2.AccountResult(account=account.to_proto())
+
+    def _open(self, account: AccountState, now_ms: int) -> None:
+        invariant(account.id not in self.accounts, f"account {account.id} opened twice")
+        invariant(account.balance == 0 and account.held == 0, "an account opens empty")
+        self.accounts[account.id] = account
+        self._touch(account, now_ms)
+        self._journal(
+            types_pb2.JournalEntry(
+                kind=types_pb2.JOURNAL_KIND_ACCOUNT_OPENED,
+                at_unix_ms=now_ms,
+                account=account.to_proto(with_available=False),
+                account_id=account.id,
+            )
+        )
+
+    def _cash_account(self, account_id: int, currency_code: str, now_ms: int) -> AccountState:
+        """This shard's cash account in a currency, opened on first use."""
+        account = self.accounts.get(account_id)
+        if account is not None:
+            return account
+        invariant(
+            account_id == ids.system_account_id(self.shard_index, currency_code), "not our cash account"
+        )
+        account = AccountState(
+            id=account_id,
+            currency=currency_code,
+            type=SYSTEM,
+            status=ACTIVE,
+            overdraft_limit=0,
+            created_at_ms=now_ms,
+            updated_at_ms=now_ms,
+        )
+        self._open(account, now_ms)
+        return account
+
+    def _update_contacts(self, request: ledger_pb2.UpdateContactsRequest, now_ms: int) -> Response:
+        whole = _check_batch(len(request.updates)) or _check_actor(request.actor, required=False)
+        if whole is not None:
+            return whole
+        return ledger_pb2.AccountsResponse(results=[self._update_contact(u, now_ms) for u in request.updates])
+
+    def _update_contact(self, update: ledger_pb2.ContactUpdate, now_ms: int) -> ledger_pb2.AccountResult:
+        try:
+            _check_customer_id(update.account_id)
+            if not update.phone and not update.name:
+                raise errors.invalid(errors.INVALID_ARGUMENT, "nothing to update: give a phone or a name")
+            if update.phone:
+                identity.check_phone(update.phone)
+            if update.name:
+                identity.check_name(update.name)
+        except BankError as error:
+            return _account_refused(update.account_id, error)
+        account = self._owned_account(update.account_id)
+        if isinstance(account, BankError):
+            return _account_refused(update.account_id, account)
+        if account.status == CLOSED:
+            return _account_refused(
+                update.account_id, errors.precondition(errors.ACCOUNT_CLOSED, "account is closed")
+            )
+        holder = account.holder()
+        if update.phone:
+            holder.phone = update.phone
+        if update.name:
+            holder.name = update.name
+        account.holder_bytes = holder.SerializeToString(deterministic=True)
+        self._touch(account, now_ms)
+        self._journal(
+            types_pb2.JournalEntry(
+                kind=types_pb2.JOURNAL_KIND_ACCOUNT_UPDATED,
+                at_unix_ms=now_ms,
+                account=account.to_proto(with_available=False),
+                account_id=account.id,
+            )
+        )
+        return ledger_pb2.AccountResult(account=account.to_proto())
+
+    def _owned_account(self, account_id: int) -> AccountState | BankError:
+        if not self._owns(account_id):
+            return _slot_moved(account_id)
+        account = self.accounts.get(account_id)
+        if account is None:
+            return errors.not_found(errors.ACCOUNT_NOT_FOUND, f"no account {account_id}")
+        return account
+
+    def _existing(self, account_id: int, why: str) -> AccountState:
+        """An account that must exist (a prepared leg's): missing is corruption."""
+        account = self.accounts.get(account_id)
+        if account is None:
+            raise InvariantViolation(f"{why}: account {account_id} is missing")
+        return account
+
+    def _change_statuses(self, request: ledger_pb2.ChangeStatusRequest, now_ms: int) -> Response:
+        whole = _check_batch(len(request.items)) or _check_actor(request.actor, required=True)
+        if whole is not None:
+            return whole
+        return ledger_pb2.AccountsResponse(
+            results=[self._change_status(item, request.actor, now_ms) for item in request.items]
+        )
+
+    def _change_status(
+        self, item: ledger_pb2.StatusRequestItem, actor: str, now_ms: int
+    ) -> ledger_pb2.AccountResult:
+        try:
+            _check_customer_id(item.account_id)
+            if item.action not in (
+                ledger_pb2.STATUS_ACTION_FREEZE,
+                ledger_pb2.STATUS_ACTION_UNFREEZE,
+                ledger_pb2.STATUS_ACTION_CLOSE,
+            ):
+                raise errors.invalid(errors.INVALID_ACTION, "action must be FREEZE, UNFREEZE or CLOSE")
+            if not 1 <= len(item.reason) <= limits.STATUS_REASON_LENGTH_MAX:
+                raise errors.invalid(
+                    errors.INVALID_REASON, f"reason must be 1-{limits.STATUS_REASON_LENGTH_MAX} characters"
+                )
+        except BankError as error:
+            return _account_refused(item.account_id, error)
+        account = self._owned_account(item.account_id)
+        if isinstance(account, BankError):
+            return _account_refused(item.account_id, account)
+        target, refusal = _status_target(account, item.action)
+        if refusal is not None:
+            return _account_refused(item.account_id, refusal)
+        change = types_pb2.StatusChange(
+            from_status=account.status, to_status=target, actor=actor, reason=item.reason, at_unix_ms=now_ms
+        )
+        account.status = target
+        account.status_history.append(change)
+        del account.status_history[:-STATUS_HISTORY_MAX]
+        self._touch(account, now_ms)
+        self._journal(
+            types_pb2.JournalEntry(
+                kind=types_pb2.JOURNAL_KIND_ACCOUNT_STATUS,
+                at_unix_ms=now_ms,
+                account_id=account.id,
+                status_change=change,
+            )
+        )
+        return ledger_pb2.AccountResult(account=account.to_proto())
+
+    # ------------------------------------------------------------------ transfers
+
+    def _transfer_form(self, given: types_pb2.Transfer, cross_shard: bool) -> types_pb2.Transfer:
+        """The normalized body of a well-formed transfer, or INVALID_ARGUMENT."""
+        transfer_id = ids.normalize_transfer_id(given.id)
+        allowed = (TRANSFER, PAYMENT) if cross_shard else (DEPOSIT, WITHDRAWAL, TRANSFER, PAYMENT)
+        if given.kind not in allowed:
+            raise errors.invalid(errors.INVALID_TRANSFER_KIND, "kind is not valid for this call")
+        money.check_amount(given.amount)
+        money.currency(given.currency)
+        if len(given.memo) > limits.MEMO_LENGTH_MAX:
+            raise errors.invalid(errors.INVALID_ARGUMENT, f"memo is longer than {limits.MEMO_LENGTH_MAX}")
+        if len(given.reference) > limits.REFERENCE_LENGTH_MAX:
+            raise errors.invalid(
+                errors.INVALID_ARGUMENT, f"reference is longer than {limits.REFERENCE_LENGTH_MAX}"
+            )
+        debit, credit = given.debit_account_id, given.credit_account_id
+        cash = ids.system_account_id(self.shard_index, given.currency)
+        if given.kind == DEPOSIT:
+            if debit not in (0, cash):
+                raise errors.invalid(
+                    errors.SYSTEM_ACCOUNT, "a deposit's debit side is the cash account: leave it 0"
+                )
+            debit = cash
+            self._check_customer_id(credit)
+        elif given.kind == WITHDRAWAL:
+            if credit not in (0, cash):
+                raise errors.invalid(
+                    errors.SYSTEM_ACCOUNT, "a withdrawal's credit side is the cash account: leave it 0"
+                )
+            credit = cash
+            self._check_customer_id(debit)
+        else:
+            self._check_customer_id(debit)
+            self._check_customer_id(credit)
+        if debit == credit:
+            raise errors.invalid(errors.SAME_ACCOUNT, "debit and credit are the same account")
+        return types_pb2.Transfer(
+            id=transfer_id,
+            kind=given.kind,
+            debit_account_id=debit,
+            credit_account_id=credit,
+            amount=given.amount,
+            currency=given.currency,
+            memo=given.memo,
+            reference=given.reference,
+            cross_shard=cross_shard,
+        )
+
+    def _check_customer_id(self, account_id: int) -> None:
+        """Fast path for accounts we hold (their id was checked at opening):
+        the Luhn check is a large share of a transfer's CPU time."""
+        known = self.accounts.get(account_id)
+        if known is None or known.type == SYSTEM:
+            _check_customer_id(account_id)
+
+    def _debit_refusal(self, account_id: int, transfer: types_pb2.Transfer) -> BankError | None:
+        account = self.accounts.get(account_id)
+        if account is None:
+            if ids.is_system_account_id(account_id):
+                return None  # our cash account, opened on first use
+            return errors.not_found(errors.ACCOUNT_NOT_FOUND, f"no debit account {account_id}")
+        refusal = _usable(account, transfer)
+        if refusal is not None:
+            return refusal
+        if account.type == SYSTEM:
+            if account.balance - transfer.amount < -money.BALANCE_MAX_MINOR:
+                return errors.precondition(errors.BALANCE_OVERFLOW, "cash account balance out of range")
+            return None
+        if account.available < transfer.amount:
+            return errors.precondition(errors.INSUFFICIENT_FUNDS, "available balance is too low")
+        return None
+
+    def _credit_refusal(self, account_id: int, transfer: types_pb2.Transfer) -> BankError | None:
+        account = self.accounts.get(account_id)
+        if account is None:
+            if ids.is_system_account_id(account_id):
+                return None
+            return errors.not_found(errors.ACCOUNT_NOT_FOUND, f"no credit account {account_id}")
+        refusal = _usable(account, transfer)
+        if refusal is not None:
+            return refusal
+        if transfer.kind == PAYMENT and account.type != BUSINESS:
+            return errors.precondition(errors.NOT_A_MERCHANT, "a payment's credit account must be a business")
+        if account.balance + account.pending_credit + transfer.amount > money.BALANCE_MAX_MINOR:
+            return errors.precondition(errors.BALANCE_OVERFLOW, "credit would exceed the largest balance")
+        return None
+
+    def _routing_refusal(self, transfer: types_pb2.Transfer) -> BankError | None:
+        """SLOT_MOVED when none of the customer accounts is ours, CROSS_SHARD
+        when only one of them is (the gateway sends those to the coordinator)."""
+        if transfer.kind == DEPOSIT:
+            customers = [transfer.credit_account_id]
+        elif transfer.kind == WITHDRAWAL:
+            customers = [transfer.debit_account_id]
+        else:
+            customers = [transfer.debit_account_id, transfer.credit_account_id]
+        owned = [self._owns(account_id) for account_id in customers]
+        if not any(owned):
+            return _slot_moved(customers[0])
+        if not all(owned):
+            return errors.precondition(errors.CROSS_SHARD, "debit and credit are on different shards")
+        return None
+
+    def _apply_transfer(self, given: types_pb2.Transfer, now_ms: int) -> types_pb2.Transfer:
+        try:
+            transfer = self._transfer_form(given, cross_shard=False)
+        except BankError as error:
+            return _rejected(given, error)
+        key = keys.transfer_key(transfer.id)
+        record = self._read_leg(key)
+        if record is not None:
+            if not _same_body(record.transfer, transfer):
+                return _rejected(given, _id_conflict())
+            return types_pb2.Transfer.FromString(record.transfer.SerializeToString())
+        routing = self._routing_refusal(transfer)
+        if routing is not None:
+            return _rejected(transfer, routing)
+        transfer.created_at_unix_ms = transfer.updated_at_unix_ms = now_ms
+        refusal = self._debit_refusal(transfer.debit_account_id, transfer) or self._credit_refusal(
+            transfer.credit_account_id, transfer
+        )
+        if refusal is not None:
+            transfer.status = types_pb2.TRANSFER_STATUS_ABORTED
+            _set_outcome(transfer, refusal)
+            self._put_leg(key, ledger_pb2.Leg(transfer=transfer, state=ABORTED))
+            self._journal(
+                types_pb2.JournalEntry(
+                    kind=types_pb2.JOURNAL_KIND_TRANSFER_REFUSED,
+                    at_unix_ms=now_ms,
+                    transfer_id=transfer.id,
+                    transfer=transfer,
+                )
+            )
+            return transfer
+        self._post(transfer, now_ms)
+        self._put_leg(key, ledger_pb2.Leg(transfer=transfer, state=COMMITTED))
+        return transfer
+
+    def _post(self, transfer: types_pb2.Transfer, now_ms: int) -> None:
+        """Move the money of a checked single-shard transfer, in one step."""
+        debit = self._cash_account(transfer.debit_account_id, transfer.currency, now_ms)
+        credit = self._cash_account(transfer.credit_account_id, transfer.currency, now_ms)
+        amount = transfer.amount
+        postings = [
+            types_pb2.Posting(account_id=debit.id, balance_delta=-amount),
+            types_pb2.Posting(account_id=credit.id, balance_delta=amount),
+        ]
+        invariant(
+            sum(p.balance_delta for p in postings) == 0, f"transfer {transfer.id}: postings do not sum to 0"
+        )
+        invariant(
+            debit.currency == credit.currency == transfer.currency, f"transfer {transfer.id}: currencies"
+        )
+        invariant(
+            debit.status == ACTIVE and credit.status == ACTIVE, f"transfer {transfer.id}: account not active"
+        )
+        debit.balance -= amount
+        credit.balance += amount
+        self._touch(debit, now_ms)
+        self._touch(credit, now_ms)
+        transfer.status = types_pb2.TRANSFER_STATUS_COMMITTED
+        _set_outcome(transfer, None)
+        seq = self._journal(
+            types_pb2.JournalEntry(
+                kind=types_pb2.JOURNAL_KIND_TRANSFER_POSTED,
+                at_unix_ms=now_ms,
+                transfer_id=transfer.id,
+                postings=postings,
+                transfer=transfer,
+            )
+        )
+        self._history(debit, transfer, -amount, seq)
+        self._history(credit, transfer, amount, seq)
+        self.transfers_applied += 1
+
+    # ------------------------------------------------------------------ two-phase commit
+
+    def _prepare(self, item: ledger_pb2.PrepareItem, epoch: int, now_ms: int) -> ledger_pb2.Leg:
+        role = item.role
+        try:
+            if role not in (DEBIT, CREDIT):
+                raise errors.invalid(errors.INVALID_ARGUMENT, "role must be DEBIT or CREDIT")
+            transfer = self._transfer_form(item.transfer, cross_shard=True)
+        except BankError as error:
+            return _leg_refused(item.transfer, role, error)
+        key = keys.transfer_key(transfer.id) if role == DEBIT else keys.leg_key(transfer.id)
+        record = self._read_leg(key)
+        if record is not None:
+            # A record of another role (a single-shard transfer under this id)
+            # is a conflict, never a state to follow: following a COMMITTED
+            # single-shard record would credit the other shard a second time.
+            if record.role != role or not _same_body(record.transfer, transfer):
+                return _leg_refused(item.transfer, role, _id_conflict())
+            return _leg_out(record)
+        account_id = transfer.debit_account_id if role == DEBIT else transfer.credit_account_id
+        if not self._owns(account_id):
+            return _leg_refused(transfer, role, _slot_moved(account_id))
+        if role == DEBIT:
+            refusal = self._debit_refusal(account_id, transfer)
+        else:
+            refusal = self._credit_refusal(account_id, transfer)
+        transfer.created_at_unix_ms = transfer.updated_at_unix_ms = now_ms
+        record = ledger_pb2.Leg(transfer=transfer, role=role, epoch=epoch, prepared_at_unix_ms=now_ms)
+        if refusal is not None:
+            record.state = ABORTED
+            record.transfer.status = types_pb2.TRANSFER_STATUS_ABORTED
+            _set_outcome(record.transfer, refusal)
+            self._put_leg(key, record)
+            self._journal_leg(types_pb2.JOURNAL_KIND_LEG_ABORTED, record, [], now_ms)
+            return _leg_out(record)
+        account = self.accounts[account_id]
+        invariant(account.type != SYSTEM, f"transfer {transfer.id}: 2PC leg on a cash account")
+        if role == DEBIT:
+            account.held += transfer.amount
+            posting = types_pb2.Posting(account_id=account_id, held_delta=transfer.amount)
+        else:
+            account.pending_credit += transfer.amount
+            posting = types_pb2.Posting(account_id=account_id, pending_credit_delta=transfer.amount)
+        self._touch(account, now_ms)
+        record.state = PREPARED
+        record.transfer.status = types_pb2.TRANSFER_STATUS_PENDING
+        self._put_leg(key, record)
+        self._journal_leg(types_pb2.JOURNAL_KIND_LEG_PREPARED, record, [posting], now_ms)
+        self.in_doubt[(role, transfer.id)] = now_ms
+        self._writes[keys.in_doubt_key(role, transfer.id)] = keys.u64(now_ms)
+        return _leg_out(record)
+
+    def _journal_leg(
+        self,
+        kind: types_pb2.JournalKind.ValueType,
+        record: ledger_pb2.Leg,
+        postings: list[types_pb2.Posting],
+        now_ms: int,
+    ) -> int:
+        return self._journal(
+            types_pb2.JournalEntry(
+                kind=kind,
+                at_unix_ms=now_ms,
+                transfer_id=record.transfer.id,
+                postings=postings,
+                epoch=record.epoch,
+                role=record.role,
+                transfer=record.transfer,
+            )
+        )
+
+    def _resolve(self, item: ledger_pb2.DecideItem, role: int, epoch: int, now_ms: int) -> ledger_pb2.Leg:
+        """Decide (role DEBIT, the record holder) or Finish (role CREDIT)."""
+        given = item.transfer if item.HasField("transfer") else types_pb2.Transfer(id=item.transfer_id)
+        try:
+            transfer_id = ids.normalize_transfer_id(item.transfer_id)
+            if item.decision not in (COMMIT, ABORT):
+                raise errors.invalid(errors.INVALID_ARGUMENT, "decision must be COMMIT or ABORT")
+            if len(item.reason) > limits.STATUS_REASON_LENGTH_MAX:
+                raise errors.invalid(errors.INVALID_REASON, "reason is too long")
+            body = None
+            if item.HasField("transfer"):
+                body = self._transfer_form(item.transfer, cross_shard=True)
+                if body.id != transfer_id:
+                    raise errors.invalid(errors.INVALID_TRANSFER_ID, "transfer.id differs from transfer_id")
+        except BankError as error:
+            return _leg_refused(given, role, error)
+        key = keys.transfer_key(transfer_id) if role == DEBIT else keys.leg_key(transfer_id)
+        record = self._read_leg(key)
+        if record is None:
+            return self._resolve_unknown(item, role, transfer_id, body, epoch, now_ms)
+        if record.role != role or (body is not None and not _same_body(record.transfer, body)):
+            return _leg_refused(given, role, _id_conflict())
+        wanted = COMMITTED if item.decision == COMMIT else ABORTED
+        if record.state == wanted:
+            return _leg_out(record, done=True)
+        if record.state != PREPARED:
+            contradiction = errors.precondition(
+                errors.CONTRADICTORY_DECISION,
+                f"transfer {transfer_id} is already {ledger_pb2.LegState.Name(record.state)}",
+            )
+            return _leg_out(record, contradiction)
+        self._settle(record, key, wanted, item, epoch, now_ms)
+        return _leg_out(record, done=True)
+
+    def _resolve_unknown(
+        self,
+        item: ledger_pb2.DecideItem,
+        role: int,
+        transfer_id: str,
+        body: types_pb2.Transfer | None,
+        epoch: int,
+        now_ms: int,
+    ) -> ledger_pb2.Leg:
+        """No record here: COMMIT is refused, ABORT leaves a tombstone (presumed abort)."""
+        given = body or types_pb2.Transfer(id=transfer_id)
+        if item.decision == COMMIT:
+            return _leg_refused(given, role, errors.not_found(errors.TRANSFER_NOT_FOUND, "no such leg here"))
+        if body is not None:
+            account_id = body.debit_account_id if role == DEBIT else body.credit_account_id
+            if not self._owns(account_id):
+                return _leg_refused(given, role, _slot_moved(account_id))
+        tombstone = types_pb2.Transfer()
+        tombstone.CopyFrom(given)
+        tombstone.status = types_pb2.TRANSFER_STATUS_ABORTED
+        tombstone.created_at_unix_ms = tombstone.updated_at_unix_ms = now_ms
+        tombstone.code = item.code or grpc.StatusCode.ABORTED.value[0]
+        tombstone.reason = item.reason
+        record = ledger_pb2.Leg(transfer=tombstone, role=role, state=ABORTED, epoch=epoch)  # type: ignore[arg-type]
+        key = keys.transfer_key(transfer_id) if role == DEBIT else keys.leg_key(transfer_id)
+        self._put_leg(key, record)
+        self._journal_leg(types_pb2.JOURNAL_KIND_LEG_ABORTED, record, [], now_ms)
+        return _leg_out(record, done=True)
+
+    def _settle(
+        self,
+        record: ledger_pb2.Leg,
+        key: bytes,
+        wanted: ledger_pb2.LegState.ValueType,
+        item: ledger_pb2.DecideItem,
+        epoch: int,
+        now_ms: int,
+    ) -> None:
+        """PREPARED -> COMMITTED or ABORTED, moving the hold / pending credit."""
+        transfer = record.transfer
+        amount = transfer.amount
+        debit_side = record.role == DEBIT
+        account_id = transfer.debit_account_id if debit_side else transfer.credit_account_id
+        account = self._existing(account_id, f"transfer {transfer.id}: prepared leg")
+        balance_delta = 0
+        if debit_side:
+            invariant(account.held >= amount, f"transfer {transfer.id}: hold {account.held} < {amount}")
+            account.held -= amount
+            posting = types_pb2.Posting(account_id=account_id, held_delta=-amount)
+            if wanted == COMMITTED:
+                balance_delta = -amount
+        else:
+            invariant(account.pending_credit >= amount, f"transfer {transfer.id}: pending credit < {amount}")
+            account.pending_credit -= amount
+            posting = types_pb2.Posting(account_id=account_id, pending_credit_delta=-amount)
+            if wanted == COMMITTED:
+                balance_delta = amount
+        account.balance += balance_delta
+        posting.balance_delta = balance_delta
+        self._touch(account, now_ms)
+        record.state = wanted
+        record.epoch = epoch
+        transfer.updated_at_unix_ms = now_ms
+        if wanted == COMMITTED:
+            transfer.status = types_pb2.TRANSFER_STATUS_COMMITTED
+            _set_outcome(transfer, None)
+            kind = types_pb2.JOURNAL_KIND_LEG_COMMITTED
+        else:
+            transfer.status = types_pb2.TRANSFER_STATUS_ABORTED
+            transfer.code = item.code or grpc.StatusCode.ABORTED.value[0]
+            transfer.reason, transfer.message = item.reason, ""
+            kind = types_pb2.JOURNAL_KIND_LEG_ABORTED
+        self._put_leg(key, record)
+        seq = self._journal_leg(kind, record, [posting], now_ms)
+        if wanted == COMMITTED:
+            self._history(account, transfer, balance_delta, seq)
+            self.transfers_applied += 1
+        del self.in_doubt[(record.role, transfer.id)]
+        self._writes[keys.in_doubt_key(record.role, transfer.id)] = None
+
+    # ------------------------------------------------------------------ reads (durable state only)
+
+    def get_account(self, account_id: int) -> ledger_pb2.AccountResult:
+        if ids.is_customer_account_id(account_id) and not self._owns(account_id):
+            return _account_refused(account_id, _slot_moved(account_id))
+        account = self.accounts.get(account_id)
+        if account is None:
+            return _account_refused(
+                account_id, errors.not_found(errors.ACCOUNT_NOT_FOUND, f"no account {account_id}")
+            )
+        return ledger_pb2.AccountResult(account=account.to_proto())
+
+    def get_transfer(self, transfer_id: str) -> types_pb2.Transfer:
+        """The record held here, else the credit leg, else code NOT_FOUND."""
+        try:
+            transfer_id = ids.normalize_transfer_id(transfer_id)
+        except BankError as error:
+            return _rejected(types_pb2.Transfer(id=transfer_id[: ids.TRANSFER_ID_LENGTH_MAX]), error)
+        for key in (keys.transfer_key(transfer_id), keys.leg_key(transfer_id)):
+            value = self._reader(key)
+            if value is not None:
+                record = ledger_pb2.Leg.FromString(value)
+                invariant(
+                    record.transfer.status == _TRANSFER_STATUS_OF_STATE.get(record.state),
+                    f"transfer {transfer_id}: stored status disagrees with its leg state",
+                )
+                return record.transfer
+        missing = types_pb2.Transfer(id=transfer_id)
+        _set_outcome(missing, errors.not_found(errors.TRANSFER_NOT_FOUND, "no such transfer here"))
+        return missing
+
+    def in_doubt_legs(self, now_ms: int, older_than_ms: int, limit: int) -> list[ledger_pb2.Leg]:
+        """PREPARED records and legs prepared at least older_than_ms ago, oldest first."""
+        limit = min(limit or IN_DOUBT_LIMIT_DEFAULT, limits.BATCH_ITEMS_MAX)
+        due = sorted(
+            (prepared_at, role, transfer_id)
+            for (role, transfer_id), prepared_at in self.in_doubt.items()
+            if prepared_at <= now_ms - older_than_ms
+        )
+        legs = []
+        for _, role, transfer_id in due[:limit]:
+            key = keys.transfer_key(transfer_id) if role == DEBIT else keys.leg_key(transfer_id)
+            value = self._reader(key)
+            if value is None:
+                raise InvariantViolation(f"in-doubt index names missing leg {transfer_id}")
+            record = ledger_pb2.Leg.FromString(value)
+            invariant(record.state == PREPARED, f"in-doubt index names settled leg {transfer_id}")
+            legs.append(record)
+        return legs
+
+
+def _usable(account: AccountState, transfer: types_pb2.Transfer) -> BankError | None:
+    if account.currency != transfer.currency:
+        return errors.precondition(errors.CURRENCY_MISMATCH, f"account {account.id} is in {account.currency}")
+    if account.status == CLOSED:
+        return errors.precondition(errors.ACCOUNT_CLOSED, f"account {account.id} is closed")
+    if account.status == FROZEN:
+        return errors.precondition(errors.ACCOUNT_FROZEN, f"account {account.id} is frozen")
+    return None
+
+
+def _status_target(
+    account: AccountState, action: int
+) -> tuple[types_pb2.AccountStatus.ValueType, BankError | None]:
+    """The status an action leads to, or why it may not happen now."""
+    if account.status == CLOSED:
+        return CLOSED, errors.precondition(errors.ACCOUNT_CLOSED, "account is closed")
+    if action == ledger_pb2.STATUS_ACTION_FREEZE:
+        if account.status == FROZEN:
+            return FROZEN, errors.precondition(errors.ACCOUNT_ALREADY_FROZEN, "account is already frozen")
+        return FROZEN, None
+    if action == ledger_pb2.STATUS_ACTION_UNFREEZE:
+        if account.status != FROZEN:
+            return ACTIVE, errors.precondition(errors.ACCOUNT_NOT_FROZEN, "account is not frozen")
+        return ACTIVE, None
+    if account.status == FROZEN:
+        return CLOSED, errors.precondition(errors.ACCOUNT_FROZEN, "unfreeze the account before closing it")
+    if account.balance != 0:
+        return CLOSED, errors.precondition(errors.BALANCE_NOT_ZERO, "balance must be 0 to close")
+    if account.held != 0 or account.pending_credit != 0:
+        return CLOSED, errors.precondition(errors.FUNDS_HELD, "transfers are still pending on the account")
+    return CLOSED, None
+
+
+def _date_of(now_ms: int) -> dt.date:
+    return dt.datetime.fromtimestamp(now_ms / 1000, tz=dt.UTC).date()

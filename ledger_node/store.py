@@ -1,0 +1,146 @@
+"""One shard's RocksDB: raw byte keys and values (no pickling), one synced
+WriteBatch per group commit, and the start-up load into memory.
+
+Key layout: see `ledger_node.keys`. Values are protobuf bytes, fixed-width
+big-endian integers, or `hash || entry` for the journal.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from rocksdict import AccessType, Options, Rdict, WriteBatch, WriteOptions
+
+from ledger_node import journal, keys
+from ledger_node.state import AccountState, InvariantViolation, Write, check_account_invariants, invariant
+from shardbank.v1 import types_pb2
+
+# Writes of one group commit: bounded by the writer's drain size; a batch far
+# above this means a bug upstream, not load.
+WRITES_PER_BATCH_MAX = 1_000_000
+
+
+@dataclass
+class Loaded:
+    """What a node keeps in memory, read back from disk at start-up."""
+
+    accounts: dict[int, AccountState]
+    journal_seq: int
+    journal_hash: bytes
+    max_epoch: int
+    in_doubt: dict[tuple[int, str], int]
+    transfers_applied: int
+
+
+class Store:
+    """A shard's RocksDB. Not thread-safe by design: one writer owns it."""
+
+    def __init__(self, path: str, read_only: bool = False) -> None:
+        options = Options(raw_mode=True)
+        if read_only:
+            if not os.path.isdir(path):
+                raise FileNotFoundError(f"no shard database at {path}")
+            self._db = Rdict(path, options, access_type=AccessType.read_only())
+        else:
+            os.makedirs(path, exist_ok=True)
+            options.create_if_missing(True)
+            self._db = Rdict(path, options)
+        self.path = path
+        self._sync = WriteOptions()
+        # Every acknowledged write must survive kill -9 and power loss: the
+        # WAL is synced before write() returns.
+        self._sync.sync = True
+
+    def close(self) -> None:
+        self._db.close()
+
+    def get(self, key: bytes) -> bytes | None:
+        value = self._db.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, bytes):
+            raise InvariantViolation(f"non-bytes value under {key!r}")
+        return value
+
+    def write(self, writes: Sequence[Write]) -> None:
+        """All writes of one drain, atomically, WAL synced."""
+        invariant(len(writes) <= WRITES_PER_BATCH_MAX, f"{len(writes)} writes in one batch")
+        if not writes:
+            return
+        batch = WriteBatch(raw_mode=True)
+        for key, value in writes:
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+        self._db.write(batch, self._sync)
+
+    def scan(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) for keys with `prefix`, ascending, from `start` on."""
+        iterator = self._db.iter()
+        iterator.seek(start if start is not None else prefix)
+        while iterator.valid():
+            key = iterator.key()
+            if not isinstance(key, bytes) or not key.startswith(prefix):
+                return
+            yield key, iterator.value()
+            iterator.next()
+
+    def scan_back(self, prefix: bytes, before: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) for keys with `prefix`, descending, strictly below `before`."""
+        upper = before if before is not None else keys.prefix_end(prefix)
+        iterator = self._db.iter()
+        iterator.seek_for_prev(upper)  # lands on the last key <= upper
+        while iterator.valid() and iterator.key() >= upper:
+            iterator.prev()
+        while iterator.valid():
+            key = iterator.key()
+            if not isinstance(key, bytes) or not key.startswith(prefix):
+                return
+            yield key, iterator.value()
+            iterator.prev()
+
+    def load(self) -> Loaded:
+        """Read back what the node serves from memory, checking it as we go."""
+        accounts: dict[int, AccountState] = {}
+        for key, value in self.scan(keys.ACCOUNT):
+            account = AccountState.from_proto(types_pb2.Account.FromString(value))
+            invariant(keys.account_key(account.id) == key, f"account record under wrong key {key.hex()}")
+            check_account_invariants(account)
+            accounts[account.id] = account
+        journal_seq, journal_hash = 0, journal.GENESIS_HASH
+        for key, value in self.scan_back(keys.JOURNAL):
+            journal_seq = keys.read_u64(key[len(keys.JOURNAL) :])
+            journal_hash, entry_bytes = journal.decode(value)
+            entry = types_pb2.JournalEntry.FromString(entry_bytes)
+            invariant(entry.seq == journal_seq, f"journal head {journal_seq} holds entry seq {entry.seq}")
+            invariant(
+                journal.chain_hash(self._previous_hash(journal_seq), entry_bytes) == journal_hash, "head hash"
+            )
+            break
+        in_doubt: dict[tuple[int, str], int] = {}
+        for key, value in self.scan(keys.IN_DOUBT):
+            role = key[len(keys.IN_DOUBT)]
+            in_doubt[(role, keys.transfer_id_of(key))] = keys.read_u64(value)
+        return Loaded(
+            accounts=accounts,
+            journal_seq=journal_seq,
+            journal_hash=journal_hash,
+            max_epoch=self._meta_u64(keys.META_EPOCH),
+            in_doubt=in_doubt,
+            transfers_applied=self._meta_u64(keys.META_APPLIED),
+        )
+
+    def _previous_hash(self, seq: int) -> bytes:
+        if seq == 1:
+            return journal.GENESIS_HASH
+        value = self.get(keys.journal_key(seq - 1))
+        if value is None:
+            raise InvariantViolation(f"journal entry {seq - 1} is missing")
+        return journal.decode(value)[0]
+
+    def _meta_u64(self, key: bytes) -> int:
+        value = self.get(key)
+        return 0 if value is None else keys.read_u64(value)

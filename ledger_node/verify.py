@@ -1,0 +1,309 @@
+"""Offline verification of stopped shards: `python -m ledger_node.verify --data-dir DIR`.
+
+For each shard DB: walk the journal from seq 1 recomputing the hash chain,
+replay its postings, and compare the result with every stored account, transfer
+record, credit leg and in-doubt index entry. Then the books: per currency the
+balances of all shards sum to 0, once each cross-shard transfer that is
+COMMITTED at its record holder but whose credit leg is still PREPARED is
+counted (its amount has left the debit account and not yet reached the credit).
+
+The first problem found is named (shard, key or seq, what is wrong) and the
+exit status is 1; 0 means everything checked out; 2 is a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from google.protobuf.message import DecodeError
+
+from ledger_node import journal, keys
+from ledger_node.store import Store
+from shardbank.v1 import ledger_pb2, types_pb2
+
+PREPARED = ledger_pb2.LEG_STATE_PREPARED
+COMMITTED = ledger_pb2.LEG_STATE_COMMITTED
+ABORTED = ledger_pb2.LEG_STATE_ABORTED
+DEBIT = types_pb2.LEG_ROLE_DEBIT
+CREDIT = types_pb2.LEG_ROLE_CREDIT
+UNSPECIFIED_ROLE = types_pb2.LEG_ROLE_UNSPECIFIED
+
+_STATE_OF_KIND = {
+    types_pb2.JOURNAL_KIND_TRANSFER_POSTED: COMMITTED,
+    types_pb2.JOURNAL_KIND_TRANSFER_REFUSED: ABORTED,
+    types_pb2.JOURNAL_KIND_LEG_PREPARED: PREPARED,
+    types_pb2.JOURNAL_KIND_LEG_COMMITTED: COMMITTED,
+    types_pb2.JOURNAL_KIND_LEG_ABORTED: ABORTED,
+}
+
+
+class Corrupt(Exception):
+    """The first thing found wrong, with where it is."""
+
+    def __init__(self, shard: str, where: str, what: str) -> None:
+        super().__init__(f"{shard} {where}: {what}")
+        self.shard, self.where, self.what = shard, where, what
+
+
+@dataclass
+class _Replayed:
+    currency: str
+    status: int = types_pb2.ACCOUNT_STATUS_ACTIVE
+    balance: int = 0
+    held: int = 0
+    pending_credit: int = 0
+
+
+@dataclass
+class ShardReport:
+    name: str
+    journal_seq: int = 0
+    head_hash: bytes = journal.GENESIS_HASH
+    accounts: int = 0
+    records: int = 0
+    legs: int = 0
+    balances: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    # transfer id -> state, for 2PC records held here (role DEBIT)
+    debit_records: dict[str, int] = field(default_factory=dict)
+    # transfer id -> (state, currency, amount) of credit legs here
+    credit_legs: dict[str, tuple[int, str, int]] = field(default_factory=dict)
+
+
+def _journal_where(seq: int) -> str:
+    return f"journal seq {seq} (key j/{seq:016x})"
+
+
+def _walk_journal(
+    store: Store, report: ShardReport
+) -> tuple[dict[int, _Replayed], dict[tuple[int, str], int]]:
+    """Recompute the chain and replay postings; (accounts, last state per leg)."""
+    shard = report.name
+    accounts: dict[int, _Replayed] = {}
+    states: dict[tuple[int, str], int] = {}
+    previous_hash = journal.GENESIS_HASH
+    expected_seq = 1
+    for key, value in store.scan(keys.JOURNAL):
+        seq = keys.read_u64(key[len(keys.JOURNAL) :]) if len(key) == len(keys.JOURNAL) + 8 else -1
+        where = _journal_where(seq)
+        if seq != expected_seq:
+            raise Corrupt(
+                shard, f"key {key.hex()}", f"journal seq {expected_seq} expected here (entry missing?)"
+            )
+        if len(value) < journal.HASH_BYTES:
+            raise Corrupt(shard, where, "value shorter than its hash")
+        stored_hash, entry_bytes = journal.decode(value)
+        if journal.chain_hash(previous_hash, entry_bytes) != stored_hash:
+            raise Corrupt(shard, where, "hash chain broken: the entry or its hash was altered")
+        try:
+            entry = types_pb2.JournalEntry.FromString(entry_bytes)
+        except DecodeError:
+            raise Corrupt(shard, where, "entry does not parse") from None
+        if entry.seq != seq:
+            raise Corrupt(shard, where, f"entry says seq {entry.seq}")
+        _replay(entry, accounts, states, shard, where)
+        previous_hash, expected_seq = stored_hash, expected_seq + 1
+    report.journal_seq, report.head_hash = expected_seq - 1, previous_hash
+    return accounts, states
+
+
+def _replay(
+    entry: types_pb2.JournalEntry,
+    accounts: dict[int, _Replayed],
+    states: dict[tuple[int, str], int],
+    shard: str,
+    where: str,
+) -> None:
+    if entry.kind == types_pb2.JOURNAL_KIND_ACCOUNT_OPENED:
+        if entry.account.id in accounts:
+            raise Corrupt(shard, where, f"account {entry.account.id} opened twice")
+        accounts[entry.account.id] = _Replayed(currency=entry.account.currency)
+    elif entry.kind == types_pb2.JOURNAL_KIND_ACCOUNT_STATUS:
+        if entry.account_id not in accounts:
+            raise Corrupt(shard, where, f"status change of unknown account {entry.account_id}")
+        accounts[entry.account_id].status = entry.status_change.to_status
+    if (
+        entry.kind == types_pb2.JOURNAL_KIND_TRANSFER_POSTED
+        and sum(p.balance_delta for p in entry.postings) != 0
+    ):
+        raise Corrupt(shard, where, "postings of a single-shard transfer do not sum to 0")
+    for posting in entry.postings:
+        account = accounts.get(posting.account_id)
+        if account is None:
+            raise Corrupt(shard, where, f"posting to unknown account {posting.account_id}")
+        if entry.transfer.currency and account.currency != entry.transfer.currency:
+            raise Corrupt(
+                shard, where, f"posting in {entry.transfer.currency} to a {account.currency} account"
+            )
+        account.balance += posting.balance_delta
+        account.held += posting.held_delta
+        account.pending_credit += posting.pending_credit_delta
+        if account.held < 0 or account.pending_credit < 0:
+            raise Corrupt(shard, where, f"account {posting.account_id} goes below zero held/pending")
+    state = _STATE_OF_KIND.get(entry.kind)
+    if state is not None:
+        role = entry.role if entry.kind not in _SINGLE_SHARD_KINDS else UNSPECIFIED_ROLE
+        states[(role, entry.transfer.id)] = state
+
+
+_SINGLE_SHARD_KINDS = (types_pb2.JOURNAL_KIND_TRANSFER_POSTED, types_pb2.JOURNAL_KIND_TRANSFER_REFUSED)
+
+
+def _check_accounts(store: Store, replayed: dict[int, _Replayed], report: ShardReport) -> None:
+    shard = report.name
+    seen: set[int] = set()
+    for key, value in store.scan(keys.ACCOUNT):
+        where = f"account key {key.hex()}"
+        try:
+            account = types_pb2.Account.FromString(value)
+        except DecodeError:
+            raise Corrupt(shard, where, "account record does not parse") from None
+        if key != keys.account_key(account.id):
+            raise Corrupt(shard, where, f"holds account {account.id}")
+        expected = replayed.get(account.id)
+        if expected is None:
+            raise Corrupt(shard, f"account {account.id}", "stored but never opened in the journal")
+        got = (account.currency, account.status, account.balance, account.held, account.pending_credit)
+        want = (expected.currency, expected.status, expected.balance, expected.held, expected.pending_credit)
+        if got != want:
+            raise Corrupt(
+                shard,
+                f"account {account.id}",
+                f"stored (currency, status, balance, held, pending_credit) {got} != journal replay {want}",
+            )
+        seen.add(account.id)
+        report.balances[account.currency] += account.balance
+    missing = sorted(set(replayed) - seen)
+    if missing:
+        raise Corrupt(shard, f"account {missing[0]}", "opened in the journal but its record is missing")
+    report.accounts = len(seen)
+
+
+def _check_records(store: Store, states: dict[tuple[int, str], int], report: ShardReport) -> None:
+    """Every transfer record and leg agrees with the journal's last word on it."""
+    shard = report.name
+    seen: set[tuple[int, str]] = set()
+    prepared: set[tuple[int, str]] = set()
+    for prefix in (keys.TRANSFER, keys.LEG):
+        for key, value in store.scan(prefix):
+            where = f"{prefix.decode()} key {key.hex()}"
+            try:
+                record = ledger_pb2.Leg.FromString(value)
+            except DecodeError:
+                raise Corrupt(shard, where, "record does not parse") from None
+            transfer_id = keys.transfer_id_of(key)
+            if record.transfer.id != transfer_id:
+                raise Corrupt(shard, where, f"holds transfer {record.transfer.id!r}")
+            role = record.role
+            if (prefix == keys.LEG) != (role == CREDIT):
+                raise Corrupt(shard, where, f"record of role {role} under this prefix")
+            journaled = states.get((role, transfer_id))
+            if journaled is None:
+                raise Corrupt(shard, where, f"transfer {transfer_id} is not in the journal")
+            if journaled != record.state:
+                raise Corrupt(shard, where, f"state {record.state} but the journal says {journaled}")
+            seen.add((role, transfer_id))
+            if record.state == PREPARED:
+                prepared.add((role, transfer_id))
+            if prefix == keys.TRANSFER:
+                report.records += 1
+                if role == DEBIT:
+                    report.debit_records[transfer_id] = record.state
+            else:
+                report.legs += 1
+                report.credit_legs[transfer_id] = (
+                    record.state,
+                    record.transfer.currency,
+                    record.transfer.amount,
+                )
+    missing = sorted(set(states) - seen)
+    if missing:
+        raise Corrupt(shard, f"transfer {missing[0][1]}", "in the journal but its record is missing")
+    indexed = {(key[len(keys.IN_DOUBT)], keys.transfer_id_of(key)) for key, _ in store.scan(keys.IN_DOUBT)}
+    if indexed != prepared:
+        odd = sorted(indexed ^ prepared)[0]
+        raise Corrupt(shard, f"in-doubt index, transfer {odd[1]}", "index and PREPARED records disagree")
+
+
+def verify_shard(path: Path, name: str) -> ShardReport:
+    """Check one stopped shard DB; raises Corrupt naming the first problem."""
+    report = ShardReport(name=name)
+    store = Store(str(path), read_only=True)
+    try:
+        replayed, states = _walk_journal(store, report)
+        _check_accounts(store, replayed, report)
+        _check_records(store, states, report)
+    finally:
+        store.close()
+    return report
+
+
+def check_books(reports: list[ShardReport]) -> dict[str, int]:
+    """Per currency: sum of balances + amounts in flight; must be 0 everywhere."""
+    totals: dict[str, int] = defaultdict(int)
+    committed = {tid for r in reports for tid, state in r.debit_records.items() if state == COMMITTED}
+    settled_elsewhere = {tid: state for r in reports for tid, state in r.debit_records.items()}
+    for report in reports:
+        for currency, total in report.balances.items():
+            totals[currency] += total
+        for tid, (state, currency, amount) in report.credit_legs.items():
+            if state == PREPARED and tid in committed:
+                totals[currency] += amount
+            if state == COMMITTED and settled_elsewhere.get(tid, COMMITTED) != COMMITTED:
+                raise Corrupt(
+                    report.name, f"credit leg {tid}", "committed but its record holder did not commit"
+                )
+    return dict(totals)
+
+
+def find_shards(data_dir: Path) -> list[tuple[str, Path]]:
+    """DIR itself when it is a RocksDB, else its shard-* subdirectories in index order."""
+    if (data_dir / "CURRENT").is_file():
+        return [(data_dir.name, data_dir)]
+    found = [p for p in data_dir.glob("shard-*") if (p / "CURRENT").is_file()]
+
+    def index(path: Path) -> tuple[int, str]:
+        suffix = path.name.rpartition("-")[2]
+        return (int(suffix) if suffix.isdigit() else 1 << 30, path.name)
+
+    return [(p.name, p) for p in sorted(found, key=index)]
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="shardbank verify", description="Verify stopped shards offline.")
+    parser.add_argument("--data-dir", required=True, help="cluster data dir (with shard-*/) or one shard DB")
+    args = parser.parse_args(argv)
+    shards = find_shards(Path(args.data_dir))
+    if not shards:
+        print(f"verify: no shard databases under {args.data_dir}", file=sys.stderr)
+        return 2
+    reports: list[ShardReport] = []
+    try:
+        for name, path in shards:
+            report = verify_shard(path, name)
+            reports.append(report)
+            print(
+                f"{name}: ok  journal 1..{report.journal_seq} head {report.head_hash.hex()[:16]}  "
+                f"accounts {report.accounts}  records {report.records}  credit legs {report.legs}"
+            )
+        cross_shard = any(r.debit_records or r.credit_legs for r in reports)
+        if len(reports) == 1 and cross_shard:
+            print("books: skipped (one shard with cross-shard transfers: verify the cluster dir)")
+        else:
+            totals = check_books(reports)
+            for currency, total in sorted(totals.items()):
+                if total != 0:
+                    raise Corrupt("cluster", f"books {currency}", f"balances sum to {total}, not 0")
+                print(f"books: {currency} sums to 0")
+    except Corrupt as problem:
+        print(f"verify: FAILED  {problem.shard}  {problem.where}: {problem.what}")
+        return 1
+    print(f"verify: OK ({len(reports)} shard{'s' if len(reports) != 1 else ''})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
