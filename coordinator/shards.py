@@ -1,0 +1,186 @@
+"""Calls from the coordinator to ledger nodes, in one place.
+
+Every call has a deadline, carries the term's epoch, and turns every failure
+into a `BankError` value (never an exception) so the protocol code can treat a
+dead shard as just another answer. A STALE_EPOCH refusal means a newer leader
+exists: the call steps this coordinator down before returning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+import grpc
+import structlog
+
+from shardbank import errors
+from shardbank.directory import UnknownShard
+from shardbank.v1 import ledger_pb2, ledger_pb2_grpc, types_pb2
+
+log = structlog.get_logger("shards")
+
+T = TypeVar("T")
+
+
+class Leadership(Protocol):
+    """The part of `election.Election` the protocol needs."""
+
+    @property
+    def is_leader(self) -> bool: ...
+
+    @property
+    def epoch(self) -> int: ...
+
+    def step_down(self, why: str) -> None: ...
+
+
+class Router(Protocol):
+    """The part of `shardbank.directory.ShardDirectory` the protocol needs."""
+
+    def owner(self, account_id: int) -> str: ...
+
+    def stub(self, shard_id: str) -> ledger_pb2_grpc.LedgerNodeStub: ...
+
+    def shard_ids(self) -> list[str]: ...
+
+    async def refresh(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    """Per-RPC deadlines, seconds. Three phases must fit well inside a
+    client's `limits.CALL_DEADLINE_S` (10 s), with room for queueing."""
+
+    prepare_s: float = 2.0
+    decide_s: float = 2.0
+    finish_s: float = 2.0
+    list_in_doubt_s: float = 2.0
+    apply_s: float = 2.0
+
+
+def is_stale_epoch(error: errors.BankError) -> bool:
+    return error.reason == errors.STALE_EPOCH
+
+
+class Shards:
+    def __init__(self, router: Router, leadership: Leadership, deadlines: Deadlines) -> None:
+        self.router = router
+        self._leadership = leadership
+        self._deadlines = deadlines
+
+    async def prepare(
+        self, shard_id: str, epoch: int, items: list[ledger_pb2.PrepareItem]
+    ) -> list[ledger_pb2.Leg] | errors.BankError:
+        request = ledger_pb2.PrepareRequest(epoch=epoch, items=items)
+        return await self._legs(
+            shard_id,
+            "Prepare",
+            len(items),
+            self._deadlines.prepare_s,
+            lambda stub, t: stub.Prepare(request, timeout=t),
+        )
+
+    async def decide(
+        self, shard_id: str, epoch: int, items: list[ledger_pb2.DecideItem]
+    ) -> list[ledger_pb2.Leg] | errors.BankError:
+        request = ledger_pb2.DecideRequest(epoch=epoch, items=items)
+        return await self._legs(
+            shard_id,
+            "Decide",
+            len(items),
+            self._deadlines.decide_s,
+            lambda stub, t: stub.Decide(request, timeout=t),
+        )
+
+    async def finish(
+        self, shard_id: str, epoch: int, items: list[ledger_pb2.DecideItem]
+    ) -> list[ledger_pb2.Leg] | errors.BankError:
+        request = ledger_pb2.FinishRequest(epoch=epoch, items=items)
+        return await self._legs(
+            shard_id,
+            "Finish",
+            len(items),
+            self._deadlines.finish_s,
+            lambda stub, t: stub.Finish(request, timeout=t),
+        )
+
+    async def list_in_doubt(
+        self, shard_id: str, older_than_ms: int, limit: int
+    ) -> list[ledger_pb2.Leg] | errors.BankError:
+        request = ledger_pb2.ListInDoubtRequest(older_than_ms=older_than_ms, limit=limit)
+        return await self._legs(
+            shard_id,
+            "ListInDoubt",
+            None,
+            self._deadlines.list_in_doubt_s,
+            lambda stub, t: stub.ListInDoubt(request, timeout=t),
+        )
+
+    async def apply(
+        self, shard_id: str, transfers: list[types_pb2.Transfer]
+    ) -> list[types_pb2.Transfer] | errors.BankError:
+        """Single-shard transfers (both accounts on one shard after all)."""
+        request = ledger_pb2.ApplyTransfersRequest(transfers=transfers)
+        answer = await self._call(
+            shard_id,
+            "ApplyTransfers",
+            self._deadlines.apply_s,
+            lambda stub, t: stub.ApplyTransfers(request, timeout=t),
+        )
+        if isinstance(answer, errors.BankError):
+            return answer
+        if len(answer.transfers) != len(transfers):
+            return _malformed(shard_id, "ApplyTransfers", len(answer.transfers), len(transfers))
+        return list(answer.transfers)
+
+    async def _legs(
+        self,
+        shard_id: str,
+        method: str,
+        expected: int | None,
+        deadline_s: float,
+        send: Callable[[ledger_pb2_grpc.LedgerNodeStub, float], Awaitable[ledger_pb2.LegsResponse]],
+    ) -> list[ledger_pb2.Leg] | errors.BankError:
+        answer = await self._call(shard_id, method, deadline_s, send)
+        if isinstance(answer, errors.BankError):
+            return answer
+        if expected is not None and len(answer.legs) != expected:
+            return _malformed(shard_id, method, len(answer.legs), expected)
+        return list(answer.legs)
+
+    async def _call(
+        self,
+        shard_id: str,
+        method: str,
+        deadline_s: float,
+        send: Callable[[ledger_pb2_grpc.LedgerNodeStub, float], Awaitable[T]],
+    ) -> T | errors.BankError:
+        try:
+            stub = self.router.stub(shard_id)
+            return await send(stub, deadline_s)
+        except UnknownShard:
+            return errors.BankError(
+                grpc.StatusCode.UNAVAILABLE, errors.SHARD_UNAVAILABLE, f"{shard_id} not registered"
+            )
+        except grpc.RpcError as rpc_error:
+            error = errors.from_rpc_error(rpc_error)
+        if is_stale_epoch(error):
+            self._leadership.step_down(f"{method} at {shard_id}: STALE_EPOCH")
+        else:
+            log.warning(
+                "shard_call_failed",
+                shard_id=shard_id,
+                method=method,
+                code=error.code.name,
+                reason=error.reason,
+            )
+        return error
+
+
+def _malformed(shard_id: str, method: str, got: int, expected: int) -> errors.BankError:
+    log.error("malformed_answer", shard_id=shard_id, method=method, got=got, expected=expected)
+    return errors.BankError(
+        grpc.StatusCode.UNAVAILABLE, errors.SHARD_UNAVAILABLE, f"{method} answered {got} items for {expected}"
+    )
