@@ -1,0 +1,35 @@
+"""python -m gateway --id gw-1 --listen 127.0.0.1:50051 --etcd 127.0.0.1:2379"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from gateway.server import GatewayConfig, serve
+from shardbank import logs
+
+
+def parse_args(argv: list[str] | None = None) -> GatewayConfig:
+    parser = argparse.ArgumentParser(prog="python -m gateway", description="shardbank public gRPC gateway")
+    parser.add_argument("--id", default="gw-1", help="gateway id, registered at /shardbank/gateways/<id>")
+    parser.add_argument(
+        "--listen", default="127.0.0.1:50051", help="host:port to serve Bank on (port 0: any)"
+    )
+    parser.add_argument("--etcd", default="127.0.0.1:2379", help="etcd client endpoint host:port")
+    parser.add_argument(
+        "--http-listen", default="", help="host:port for the HTTP/JSON API (e.g. 127.0.0.1:8080); empty: none"
+    )
+    args = parser.parse_args(argv)
+    return GatewayConfig(
+        gateway_id=args.id, listen=args.listen, etcd_endpoint=args.etcd, http_listen=args.http_listen
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = parse_args(argv)
+    logs.configure("gateway")
+    asyncio.run(serve(config))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Between node messages and public ones, and the outcomes the gateway makes up itself."""
+
+from __future__ import annotations
+
+import grpc
+
+from shardbank import errors
+from shardbank.v1 import ledger_pb2, types_pb2
+
+
+def public_account(account: types_pb2.Account) -> types_pb2.Account:
+    """The account as the public API shows it.
+
+    Every account leaving the gateway goes through here: holder details are
+    returned unmasked for now; role-based masking belongs in this function.
+    """
+    shown = types_pb2.Account()
+    shown.CopyFrom(account)
+    return shown
+
+
+def public_account_result(result: ledger_pb2.AccountResult) -> ledger_pb2.AccountResult:
+    shown = ledger_pb2.AccountResult(code=result.code, reason=result.reason, message=result.message)
+    if result.HasField("account"):
+        shown.account.CopyFrom(public_account(result.account))
+    return shown
+
+
+def failed_account(error: errors.BankError) -> ledger_pb2.AccountResult:
+    return ledger_pb2.AccountResult(code=error.code_value, reason=error.reason, message=error.message)
+
+
+def _echo(transfer: types_pb2.Transfer) -> types_pb2.Transfer:
+    """The item's input fields, as given."""
+    return types_pb2.Transfer(
+        id=transfer.id,
+        kind=transfer.kind,
+        debit_account_id=transfer.debit_account_id,
+        credit_account_id=transfer.credit_account_id,
+        amount=transfer.amount,
+        currency=transfer.currency,
+        memo=transfer.memo,
+        reference=transfer.reference,
+    )
+
+
+def rejected_transfer(transfer: types_pb2.Transfer, error: errors.BankError) -> types_pb2.Transfer:
+    """Refused at the edge: nothing recorded, the id stays free."""
+    outcome = _echo(transfer)
+    outcome.status = types_pb2.TRANSFER_STATUS_REJECTED
+    outcome.code = error.code_value
+    outcome.reason = error.reason
+    outcome.message = error.message
+    return outcome
+
+
+def unsettled_transfer(
+    transfer: types_pb2.Transfer, error: errors.BankError, cross_shard: bool
+) -> types_pb2.Transfer:
+    """The gateway could not learn the outcome. Never claims it committed:
+    status PENDING when it went to the coordinator (legs may be prepared),
+    else UNSPECIFIED (unknown); resending the same id is safe. A request the
+    destination refused as malformed recorded nothing: REJECTED."""
+    outcome = _echo(transfer)
+    if error.code == grpc.StatusCode.INVALID_ARGUMENT:
+        outcome.status = types_pb2.TRANSFER_STATUS_REJECTED
+    elif cross_shard:
+        outcome.status = types_pb2.TRANSFER_STATUS_PENDING
+    else:
+        outcome.status = types_pb2.TRANSFER_STATUS_UNSPECIFIED
+    outcome.code = error.code_value
+    outcome.reason = error.reason
+    outcome.message = error.message
+    outcome.cross_shard = cross_shard
+    return outcome

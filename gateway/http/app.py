@@ -1,0 +1,60 @@
+"""Building and starting the HTTP/JSON edge.
+
+`create_app(bank_target)` is everything but the socket, so tests serve it
+with aiohttp's test server and the gateway process can mount it beside its
+gRPC server; `start_http(app, host, port)` binds and returns the runner whose
+`cleanup()` stops it. The edge talks to the gateway only through the public
+gRPC `Bank` API on `bank_target` (in the gateway process: its own port), so
+HTTP can never do something gRPC clients cannot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import structlog
+from aiohttp import web
+
+from gateway.http import docs, limits, meta, openapi, routes
+from gateway.http.calls import UPSTREAM_KEY, Upstream
+from gateway.http.errors import error_middleware
+
+log = structlog.get_logger("gateway.http")
+
+# Seconds requests in flight get to finish when the runner is cleaned up.
+SHUTDOWN_GRACE_S = 5.0
+
+
+def create_app(bank_target: str, *, call_deadline_s: float = limits.CALL_DEADLINE_S) -> web.Application:
+    """The aiohttp application; the gRPC channel opens when the app starts."""
+    app = web.Application(middlewares=[error_middleware], client_max_size=limits.BODY_BYTES_MAX)
+    routes.register(app)
+    document = openapi.document()
+    app[meta.OPENAPI_KEY] = document
+    app[meta.DOCS_HTML_KEY] = docs.render(document)
+
+    async def channel(app: web.Application) -> AsyncIterator[None]:
+        upstream = Upstream.connect(bank_target, call_deadline_s)
+        app[UPSTREAM_KEY] = upstream
+        yield
+        await upstream.channel.close()
+
+    app.cleanup_ctx.append(channel)
+    return app
+
+
+async def start_http(app: web.Application, host: str, port: int) -> web.AppRunner:
+    """Serve `app` on host:port (0: any free port; see `bound_port`)."""
+    # access_log=None: aiohttp's access log goes to stdlib logging; the edge
+    # logs refusals itself as structlog JSON like every other component.
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    log.info("http_listening", address=f"{host}:{bound_port(runner)}")
+    return runner
+
+
+def bound_port(runner: web.AppRunner) -> int:
+    address = runner.addresses[0]
+    return int(address[1])

@@ -1,0 +1,89 @@
+"""The one way the HTTP edge calls the gRPC `Bank` API.
+
+Every call carries a deadline (no call may hang an HTTP request forever), the
+request id (`x-request-id`, so the gateway's logs and ours line up) and the
+caller's `Authorization` header unchanged (`authorization`): authentication
+is the gRPC side's job (an interceptor), the edge only passes credentials
+through and maps UNAUTHENTICATED / PERMISSION_DENIED like any other status.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar, cast
+
+import grpc
+from aiohttp import web
+from grpc_health.v1 import health_pb2_grpc
+
+from gateway.http import limits
+from gateway.http.errors import INVALID_HEADER, REQUEST_ID_KEY, rpc_failure
+from shardbank import errors
+from shardbank.v1 import bank_pb2_grpc
+
+if TYPE_CHECKING:
+    from grpc_health.v1.health_pb2_grpc import HealthStub
+
+    from shardbank.v1.bank_pb2_grpc import BankAsyncStub
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """The channel to the gateway's gRPC port and the stubs on it."""
+
+    channel: grpc.aio.Channel
+    bank: BankAsyncStub
+    health: HealthStub
+    call_deadline_s: float
+
+    @classmethod
+    def connect(cls, target: str, call_deadline_s: float = limits.CALL_DEADLINE_S) -> Upstream:
+        """Open the channel; call inside the running loop (grpc.aio binds to it)."""
+        channel = grpc.aio.insecure_channel(target)
+        return cls(
+            channel=channel,
+            bank=cast("BankAsyncStub", bank_pb2_grpc.BankStub(channel)),
+            health=health_pb2_grpc.HealthStub(channel),
+            call_deadline_s=call_deadline_s,
+        )
+
+
+UPSTREAM_KEY = web.AppKey("upstream", Upstream)
+
+
+def upstream(request: web.Request) -> Upstream:
+    return request.app[UPSTREAM_KEY]
+
+
+def call_metadata(request: web.Request) -> tuple[tuple[str, str], ...]:
+    metadata: list[tuple[str, str]] = [("x-request-id", request[REQUEST_ID_KEY])]
+    authorization = request.headers.getall("Authorization", [])
+    if len(authorization) > 1:
+        raise errors.invalid(INVALID_HEADER, "Authorization given more than once")
+    if authorization:
+        value = authorization[0]
+        # gRPC metadata values are printable ASCII; anything else would make
+        # the call itself fail with an unhelpful error.
+        if len(value) > limits.AUTHORIZATION_LENGTH_MAX or not (value.isascii() and value.isprintable()):
+            raise errors.invalid(
+                INVALID_HEADER,
+                f"Authorization must be at most {limits.AUTHORIZATION_LENGTH_MAX} printable ASCII characters",
+            )
+        metadata.append(("authorization", value))
+    return tuple(metadata)
+
+
+async def call(
+    request: web.Request, method: grpc.aio.UnaryUnaryMultiCallable[Req, Resp], message: Req
+) -> Resp:
+    """One unary call; a gRPC status comes back as a BankError (HttpError)."""
+    try:
+        reply: Resp = await method(
+            message, timeout=upstream(request).call_deadline_s, metadata=call_metadata(request)
+        )
+    except grpc.RpcError as exc:
+        raise rpc_failure(exc) from None
+    return reply

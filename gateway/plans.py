@@ -1,0 +1,172 @@
+"""How each kind of batch item is routed and sent (the `dispatch.Plan`s)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Generic, Protocol, TypeVar
+
+import grpc
+
+from gateway import convert, routing
+from gateway.routing import Disposition, Target
+from gateway.upstream import Cluster, downstream_error
+from shardbank import errors, ids
+from shardbank.v1 import coordinator_pb2, ledger_pb2, ledger_pb2_grpc, types_pb2
+
+
+def outcome_error(code: int, reason: str, message: str) -> errors.BankError:
+    return errors.BankError(errors.status_code(code), reason, message)
+
+
+class TransferPlan:
+    """Deposits/withdrawals and same-shard transfers to the owning node,
+    cross-shard transfers and payments to the coordinator leader."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self._cluster = cluster
+
+    def target(self, item: types_pb2.Transfer) -> Target:
+        return routing.transfer_target(item, self._cluster.owner)
+
+    async def send(
+        self, target: Target, items: list[types_pb2.Transfer], timeout_s: float
+    ) -> list[types_pb2.Transfer]:
+        try:
+            if target.is_coordinator:
+                coordinator = await self._cluster.leader.stub()
+                request = coordinator_pb2.CoordinatorSubmitRequest(transfers=items)
+                reply: coordinator_pb2.CoordinatorSubmitResponse = await coordinator.SubmitTransfers(
+                    request, timeout=timeout_s
+                )
+                return list(reply.transfers)
+            node = self._cluster.node(target.shard_id)
+            applied: ledger_pb2.TransfersResponse = await node.ApplyTransfers(
+                ledger_pb2.ApplyTransfersRequest(transfers=items), timeout=timeout_s
+            )
+            return list(applied.transfers)
+        except grpc.RpcError as exc:
+            raise downstream_error(exc, target) from None
+
+    def classify(self, result: types_pb2.Transfer) -> Disposition:
+        return routing.classify_transfer(result)
+
+    def renew(self, item: types_pb2.Transfer) -> types_pb2.Transfer:
+        return item
+
+    def give_up(self, item: types_pb2.Transfer, error: errors.BankError) -> types_pb2.Transfer:
+        return convert.unsettled_transfer(item, error, cross_shard=self._is_cross_shard(item))
+
+    def _is_cross_shard(self, item: types_pb2.Transfer) -> bool:
+        try:
+            return self.target(item).is_coordinator
+        except errors.BankError:
+            return item.kind in (types_pb2.TRANSFER_KIND_TRANSFER, types_pb2.TRANSFER_KIND_PAYMENT)
+
+
+class HasAccountId(Protocol):
+    @property
+    def account_id(self) -> int: ...
+
+
+Item = TypeVar("Item", bound=HasAccountId)
+NodeCall = Callable[
+    [ledger_pb2_grpc.LedgerNodeStub, list[Item], float], Awaitable[ledger_pb2.AccountsResponse]
+]
+
+
+class AccountPlan(Generic[Item]):
+    """Items about one existing account each (contact updates, status changes) to its owner."""
+
+    def __init__(self, cluster: Cluster, call: NodeCall[Item]) -> None:
+        self._cluster = cluster
+        self._call = call
+
+    def target(self, item: Item) -> Target:
+        return routing.shard(self._cluster.owner(item.account_id))
+
+    async def send(
+        self, target: Target, items: list[Item], timeout_s: float
+    ) -> list[ledger_pb2.AccountResult]:
+        try:
+            reply = await self._call(self._cluster.node(target.shard_id), items, timeout_s)
+        except grpc.RpcError as exc:
+            raise downstream_error(exc, target) from None
+        return [convert.public_account_result(result) for result in reply.results]
+
+    def classify(self, result: ledger_pb2.AccountResult) -> Disposition:
+        return routing.classify_outcome(result.code, result.reason)
+
+    def renew(self, item: Item) -> Item:
+        return item
+
+    def give_up(self, item: Item, error: errors.BankError) -> ledger_pb2.AccountResult:
+        return convert.failed_account(error)
+
+
+def same_opening(sent: types_pb2.Account, found: types_pb2.Account) -> bool:
+    """Is `found` the account `sent` asked for (an earlier try whose reply was lost)?"""
+    return (
+        sent.currency == found.currency
+        and sent.type == found.type
+        and sent.overdraft_limit == found.overdraft_limit
+        and sent.holder.name == found.holder.name
+        and sent.holder.id_type == found.holder.id_type
+        and sent.holder.id_number == found.holder.id_number
+        and sent.holder.phone == found.holder.phone
+    )
+
+
+def with_new_id(
+    account: types_pb2.Account, new_id: Callable[[], int] = ids.new_account_id
+) -> types_pb2.Account:
+    renewed = types_pb2.Account()
+    renewed.CopyFrom(account)
+    renewed.id = new_id()
+    return renewed
+
+
+class OpenPlan:
+    """New accounts: the gateway picks the id, so the id picks the shard.
+
+    ACCOUNT_EXISTS means the id is taken; with 15 random digits that is almost
+    always our own earlier try whose reply was lost (a resend after
+    UNAVAILABLE), so the account is read back: if it is the one asked for,
+    that is the result, else a new id is drawn.
+    """
+
+    def __init__(self, cluster: Cluster, actor: str) -> None:
+        self._cluster = cluster
+        self._actor = actor
+
+    def target(self, item: types_pb2.Account) -> Target:
+        return routing.shard(self._cluster.owner(item.id))
+
+    async def send(
+        self, target: Target, items: list[types_pb2.Account], timeout_s: float
+    ) -> list[ledger_pb2.AccountResult]:
+        node = self._cluster.node(target.shard_id)
+        try:
+            reply: ledger_pb2.AccountsResponse = await node.CreateAccounts(
+                ledger_pb2.CreateAccountsRequest(accounts=items, actor=self._actor), timeout=timeout_s
+            )
+            results = list(reply.results)
+            taken = [i for i, r in enumerate(results) if r.reason == errors.ACCOUNT_EXISTS and i < len(items)]
+            if taken:
+                found: ledger_pb2.AccountsResponse = await node.GetAccounts(
+                    ledger_pb2.GetAccountsRequest(ids=[items[i].id for i in taken]), timeout=timeout_s
+                )
+                for i, existing in zip(taken, found.results, strict=False):
+                    if existing.code == 0 and same_opening(items[i], existing.account):
+                        results[i] = existing
+        except grpc.RpcError as exc:
+            raise downstream_error(exc, target) from None
+        return [convert.public_account_result(result) for result in results]
+
+    def classify(self, result: ledger_pb2.AccountResult) -> Disposition:
+        return routing.classify_account(result)
+
+    def renew(self, item: types_pb2.Account) -> types_pb2.Account:
+        return with_new_id(item)
+
+    def give_up(self, item: types_pb2.Account, error: errors.BankError) -> ledger_pb2.AccountResult:
+        return convert.failed_account(error)

@@ -1,0 +1,146 @@
+"""The gateway process: a grpc.aio server of `Bank` + health + reflection,
+registered in etcd under a lease.
+
+`create_gateway()` builds everything and binds the port (port 0 picks a free
+one: tests use that); `Gateway.start()` serves, `Gateway.stop()` shuts down
+cleanly; `serve()` is the process's main loop (SIGTERM/SIGINT -> graceful stop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from gateway.handlers import BankHandlers
+from gateway.service import BankServicer
+from gateway.upstream import Cluster
+from shardbank import limits, meta
+from shardbank.v1 import bank_pb2, bank_pb2_grpc
+
+log = structlog.get_logger("gateway.server")
+
+SERVER_OPTIONS = [
+    # A full batch (limits.BATCH_ITEMS_MAX transfers) fits with room to spare.
+    ("grpc.max_send_message_length", limits.MESSAGE_BYTES_MAX),
+    ("grpc.max_receive_message_length", limits.MESSAGE_BYTES_MAX),
+]
+BANK_SERVICE = bank_pb2.DESCRIPTOR.services_by_name["Bank"].full_name
+# Calls in flight get this long to finish at shutdown.
+SHUTDOWN_GRACE_S = 5.0
+# How often health follows the slot map (SERVING once there is one).
+HEALTH_POLL_S = 0.5
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    gateway_id: str
+    listen: str
+    etcd_endpoint: str
+    # host:port of the HTTP/JSON API; empty: no HTTP.
+    http_listen: str = ""
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, server: grpc.aio.Server, port: int, cluster: Cluster) -> None:
+        self.config = config
+        self.port = port
+        host = config.listen.rpartition(":")[0] or "127.0.0.1"
+        self.address = f"{host}:{port}"
+        self._server = server
+        self._cluster = cluster
+        self._health = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        self._registration: meta.Registration | None = None
+        self._health_task: asyncio.Task[None] | None = None
+        self._http: Any = None
+        self.http_port = 0
+
+    async def start(self) -> None:
+        await self._set_health(self._cluster.has_slot_map())
+        await self._server.start()
+        self._health_task = asyncio.create_task(self._follow_health())
+        value = {"gateway_id": self.config.gateway_id, "address": self.address, "pid": os.getpid()}
+        key = meta.GATEWAYS + self.config.gateway_id
+        if self.config.http_listen:
+            from gateway.http import bound_port, create_app, start_http
+
+            http_host, _, http_port = self.config.http_listen.rpartition(":")
+            self._http = await start_http(create_app(self.address), http_host or "127.0.0.1", int(http_port))
+            self.http_port = bound_port(self._http)
+            value["http_address"] = f"{http_host or '127.0.0.1'}:{self.http_port}"
+        self._registration = meta.Registration(self.config.etcd_endpoint, key, value).start()
+        log.info(
+            "gateway_started", gateway_id=self.config.gateway_id, address=self.address, http=self.http_port
+        )
+
+    async def stop(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
+        if self._registration is not None:
+            self._registration.stop()
+        if self._health_task is not None:
+            self._health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_task
+        await self._health.enter_graceful_shutdown()
+        if self._http is not None:
+            await self._http.cleanup()
+        await self._server.stop(grace_s)
+        await self._cluster.close()
+        log.info("gateway_stopped", gateway_id=self.config.gateway_id)
+
+    async def wait(self) -> None:
+        await self._server.wait_for_termination()
+
+    async def _set_health(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in ("", BANK_SERVICE):
+            await self._health.set(service, status)
+
+    async def _follow_health(self) -> None:
+        serving: bool | None = None
+        while True:
+            now = self._cluster.has_slot_map()
+            if now != serving:
+                await self._set_health(now)
+                serving = now
+            await asyncio.sleep(HEALTH_POLL_S)
+
+
+async def create_gateway(config: GatewayConfig) -> Gateway:
+    """Everything built and the port bound; nothing served until `start()`."""
+    cluster = Cluster(config.etcd_endpoint)
+    await cluster.start()
+    server = grpc.aio.server(options=SERVER_OPTIONS, maximum_concurrent_rpcs=limits.CONCURRENT_RPCS_MAX)
+    bank_pb2_grpc.add_BankServicer_to_server(BankServicer(BankHandlers(cluster, config.gateway_id)), server)
+    reflection.enable_server_reflection(
+        (BANK_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    port = server.add_insecure_port(config.listen)
+    if port == 0:
+        await cluster.close()
+        raise OSError(f"cannot listen on {config.listen}")
+    return Gateway(config, server, port, cluster)
+
+
+async def serve(config: GatewayConfig) -> None:
+    gateway = await create_gateway(config)
+    await gateway.start()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    await stopping.wait()
+    log.info("gateway_stopping", gateway_id=config.gateway_id)
+    await gateway.stop()

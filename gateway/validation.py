@@ -1,0 +1,224 @@
+"""Edge checks of every public request: pure functions, no I/O.
+
+Each `check_*` takes one item as the caller sent it and returns a clean copy
+to send on (normalized ids and phones, output fields dropped), or raises
+`BankError` (INVALID_ARGUMENT with a stable reason). The servicer turns a
+raised item error into that item's outcome (code 3, REJECTED for transfers)
+and sends the rest on; whole-request problems (batch size, page size of a
+read) are raised for the whole call.
+
+The same checks run again at the node (the last line of defence); the
+gateway's job is to refuse early, precisely and before anything is recorded,
+so an INVALID_ARGUMENT never costs a transfer id.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Sized
+
+import grpc
+
+from shardbank import errors, identity, ids, limits, money
+from shardbank.v1 import bank_pb2, ledger_pb2, types_pb2
+
+# Unicode categories refused in free text: controls, format characters
+# (bidi overrides), surrogates, private use, unassigned, line/para separators.
+_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+# Opaque token of ListHistory; bounded so a caller cannot ship megabytes.
+PAGE_TOKEN_LENGTH_MAX = 512
+# Holder.customer_id: a principal name, bounded like an actor.
+CUSTOMER_ID_LENGTH_MAX = limits.ACTOR_LENGTH_MAX
+
+TRANSFER_KINDS = frozenset(
+    {
+        types_pb2.TRANSFER_KIND_DEPOSIT,
+        types_pb2.TRANSFER_KIND_WITHDRAWAL,
+        types_pb2.TRANSFER_KIND_TRANSFER,
+        types_pb2.TRANSFER_KIND_PAYMENT,
+    }
+)
+OPENABLE_TYPES = frozenset({types_pb2.ACCOUNT_TYPE_PERSONAL, types_pb2.ACCOUNT_TYPE_BUSINESS})
+STATUS_ACTIONS = frozenset(
+    {ledger_pb2.STATUS_ACTION_FREEZE, ledger_pb2.STATUS_ACTION_UNFREEZE, ledger_pb2.STATUS_ACTION_CLOSE}
+)
+
+
+# Whole requests.
+
+
+def check_batch(items: Sized) -> None:
+    """1..BATCH_ITEMS_MAX items; else the whole call is refused."""
+    if len(items) == 0:
+        raise errors.invalid(errors.BATCH_EMPTY, "the batch has no items")
+    if len(items) > limits.BATCH_ITEMS_MAX:
+        raise errors.BankError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            errors.BATCH_TOO_LARGE,
+            f"{len(items)} items; at most {limits.BATCH_ITEMS_MAX} per call",
+        )
+
+
+def check_actor(actor: str) -> None:
+    if len(actor) > limits.ACTOR_LENGTH_MAX or has_forbidden_characters(actor):
+        raise errors.invalid(
+            errors.INVALID_ARGUMENT, f"actor must be at most {limits.ACTOR_LENGTH_MAX} printable characters"
+        )
+
+
+def check_history_request(request: ledger_pb2.ListHistoryRequest) -> ledger_pb2.ListHistoryRequest:
+    check_customer_account_id(request.account_id)
+    if request.page_size > limits.HISTORY_PAGE_SIZE_MAX:
+        raise errors.invalid(
+            errors.INVALID_PAGE_SIZE, f"page_size must be 0..{limits.HISTORY_PAGE_SIZE_MAX} (0 means default)"
+        )
+    if len(request.page_token) > PAGE_TOKEN_LENGTH_MAX:
+        raise errors.invalid(errors.INVALID_PAGE_TOKEN, "page_token is not one this service issued")
+    return ledger_pb2.ListHistoryRequest(
+        account_id=request.account_id, page_size=request.page_size, page_token=request.page_token
+    )
+
+
+def check_lookup_account_id(account_id: int) -> None:
+    """GetAccount takes customer and system (cash) accounts."""
+    ids.check_account_id(account_id)
+
+
+def check_transfer_id_lookup(text: str) -> str:
+    return ids.normalize_transfer_id(text)
+
+
+# Items.
+
+
+def check_customer_account_id(account_id: int) -> None:
+    if ids.is_customer_account_id(account_id):
+        return
+    if ids.is_system_account_id(account_id):
+        raise errors.invalid(errors.SYSTEM_ACCOUNT, "system accounts cannot be used here")
+    raise errors.invalid(errors.INVALID_ACCOUNT_ID, "account id is not 16 digits with a valid check digit")
+
+
+def check_transfer(transfer: types_pb2.Transfer) -> types_pb2.Transfer:
+    """A clean copy of the input fields (canonical id), or raises BankError."""
+    transfer_id = ids.normalize_transfer_id(transfer.id)
+    if transfer.kind not in TRANSFER_KINDS:
+        raise errors.invalid(
+            errors.INVALID_TRANSFER_KIND, "kind must be DEPOSIT, WITHDRAWAL, TRANSFER or PAYMENT"
+        )
+    _check_transfer_accounts(transfer)
+    money.check_amount(transfer.amount)
+    money.currency(transfer.currency)
+    check_text("memo", transfer.memo, limits.MEMO_LENGTH_MAX)
+    check_text("reference", transfer.reference, limits.REFERENCE_LENGTH_MAX)
+    return types_pb2.Transfer(
+        id=transfer_id,
+        kind=transfer.kind,
+        debit_account_id=transfer.debit_account_id,
+        credit_account_id=transfer.credit_account_id,
+        amount=transfer.amount,
+        currency=transfer.currency,
+        memo=transfer.memo,
+        reference=transfer.reference,
+    )
+
+
+def _check_transfer_accounts(transfer: types_pb2.Transfer) -> None:
+    """The customer side(s) valid; the cash side of a deposit/withdrawal left 0 (the node picks it)."""
+    debit, credit = transfer.debit_account_id, transfer.credit_account_id
+    if transfer.kind == types_pb2.TRANSFER_KIND_DEPOSIT:
+        check_customer_account_id(credit)
+        _check_cash_side("debit_account_id", debit)
+    elif transfer.kind == types_pb2.TRANSFER_KIND_WITHDRAWAL:
+        check_customer_account_id(debit)
+        _check_cash_side("credit_account_id", credit)
+    else:
+        check_customer_account_id(debit)
+        check_customer_account_id(credit)
+        if debit == credit:
+            raise errors.invalid(errors.SAME_ACCOUNT, "debit and credit accounts must differ")
+
+
+def _check_cash_side(field: str, account_id: int) -> None:
+    if account_id != 0:
+        raise errors.invalid(
+            errors.INVALID_ACCOUNT_ID, f"{field} must be 0: the shard's cash account is chosen by the node"
+        )
+
+
+def check_open(item: bank_pb2.OpenAccountRequest) -> types_pb2.Account:
+    """The account to create (id 0: routing picks it), or raises BankError."""
+    money.currency(item.currency)
+    if item.type not in OPENABLE_TYPES:
+        raise errors.invalid(errors.INVALID_ACCOUNT_TYPE, "type must be PERSONAL or BUSINESS")
+    holder = check_holder(item.holder)
+    if not 0 <= item.overdraft_limit <= limits.OVERDRAFT_LIMIT_MAX_MINOR:
+        raise errors.invalid(
+            errors.INVALID_OVERDRAFT_LIMIT,
+            f"overdraft_limit must be 0..{limits.OVERDRAFT_LIMIT_MAX_MINOR} minor units",
+        )
+    return types_pb2.Account(
+        currency=item.currency, type=item.type, holder=holder, overdraft_limit=item.overdraft_limit
+    )
+
+
+def check_holder(holder: types_pb2.Holder) -> types_pb2.Holder:
+    identity.check_name(holder.name)
+    id_number = holder.id_number.upper()
+    if holder.id_type == types_pb2.ID_DOCUMENT_TYPE_CN_RESIDENT_ID:
+        identity.check_cn_resident_id(id_number)
+    elif holder.id_type == types_pb2.ID_DOCUMENT_TYPE_PASSPORT:
+        identity.check_passport(id_number)
+    else:
+        raise errors.invalid(errors.INVALID_ID_NUMBER, "id_type must be CN_RESIDENT_ID or PASSPORT")
+    phone = identity.normalize_phone(holder.phone)
+    identity.check_phone(phone)
+    if len(holder.customer_id) > CUSTOMER_ID_LENGTH_MAX or has_forbidden_characters(holder.customer_id):
+        raise errors.invalid(
+            errors.INVALID_ARGUMENT,
+            f"customer_id must be at most {CUSTOMER_ID_LENGTH_MAX} printable characters",
+        )
+    return types_pb2.Holder(
+        name=holder.name,
+        id_type=holder.id_type,
+        id_number=id_number,
+        phone=phone,
+        customer_id=holder.customer_id,
+    )
+
+
+def check_contact_update(update: ledger_pb2.ContactUpdate) -> ledger_pb2.ContactUpdate:
+    check_customer_account_id(update.account_id)
+    if not update.phone and not update.name:
+        raise errors.invalid(errors.INVALID_ARGUMENT, "nothing to update: give a phone, a name or both")
+    phone = ""
+    if update.phone:
+        phone = identity.normalize_phone(update.phone)
+        identity.check_phone(phone)
+    if update.name:
+        identity.check_name(update.name)
+    return ledger_pb2.ContactUpdate(account_id=update.account_id, phone=phone, name=update.name)
+
+
+def check_status_item(item: ledger_pb2.StatusRequestItem) -> ledger_pb2.StatusRequestItem:
+    check_customer_account_id(item.account_id)
+    if item.action not in STATUS_ACTIONS:
+        raise errors.invalid(errors.INVALID_ACTION, "action must be FREEZE, UNFREEZE or CLOSE")
+    reason_max = limits.STATUS_REASON_LENGTH_MAX
+    if not 1 <= len(item.reason) <= reason_max or has_forbidden_characters(item.reason):
+        raise errors.invalid(errors.INVALID_REASON, f"reason must be 1..{reason_max} printable characters")
+    return ledger_pb2.StatusRequestItem(account_id=item.account_id, action=item.action, reason=item.reason)
+
+
+# Text.
+
+
+def has_forbidden_characters(text: str) -> bool:
+    return any(unicodedata.category(ch) in _FORBIDDEN_CATEGORIES for ch in text)
+
+
+def check_text(field: str, text: str, length_max: int) -> None:
+    if len(text) > length_max:
+        raise errors.invalid(errors.INVALID_ARGUMENT, f"{field} longer than {length_max} characters")
+    if has_forbidden_characters(text):
+        raise errors.invalid(errors.INVALID_ARGUMENT, f"{field} contains control characters")
