@@ -1,0 +1,1 @@
+"""Load and fault tools: the bank-invariant fault runner, benchmarks, Locust."""

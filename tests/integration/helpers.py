@@ -1,0 +1,50 @@
+"""Shared steps of the integration tests."""
+
+from __future__ import annotations
+
+from clients.client import BankClient
+from clients.local_cluster import LocalCluster
+from shardbank import meta
+from shardbank.slots import SlotMap
+from shardbank.v1 import types_pb2
+from tests.factories import mobile, resident_id
+
+OPEN_ATTEMPTS_MAX = 200
+
+
+def slot_map(cluster: LocalCluster) -> SlotMap:
+    client = meta.connect(cluster.etcd_endpoint)
+    try:
+        found = meta.read_slot_map(client)
+    finally:
+        client.close()
+    assert found is not None
+    return found
+
+
+def open_account(
+    client: BankClient, account_type: str = "personal", currency: str = "CNY"
+) -> types_pb2.Account:
+    return client.open_account(
+        name="Li Lei",
+        id_number=resident_id(),
+        phone=mobile(),
+        currency=currency,
+        account_type=account_type,
+    )
+
+
+def open_on_shard(
+    client: BankClient, cluster: LocalCluster, shard_id: str, account_type: str = "personal"
+) -> types_pb2.Account:
+    """Open accounts until one lands on `shard_id` (placement is by hash)."""
+    slots = slot_map(cluster)
+    for _ in range(OPEN_ATTEMPTS_MAX):
+        account = open_account(client, account_type)
+        if slots.owner(account.id) == shard_id:
+            return account
+    raise AssertionError(f"no account landed on {shard_id} in {OPEN_ATTEMPTS_MAX} tries")
+
+
+def balance(client: BankClient, account_id: int) -> int:
+    return client.get_account(account_id).balance

@@ -1,0 +1,146 @@
+"""LocalCluster with etcd alone (real process, free ports): start, state
+file, kill by name, restart, stop leaves nothing running."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+
+from clients import cli, health
+from clients.cluster_state import read_state, running
+from clients.local_cluster import ETCD_NOT_FOUND, ClusterError, LocalCluster
+from shardbank import meta
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd is not on PATH"),
+]
+
+
+def etcd_only(data_dir: Path) -> LocalCluster:
+    return LocalCluster(data_dir, shards=0, coordinators=0, gateway=False, start_timeout_s=30)
+
+
+def test_etcd_only_lifecycle(tmp_path: Path) -> None:
+    cluster = etcd_only(tmp_path)
+    try:
+        cluster.start()
+        [etcd] = cluster.components()
+        assert (etcd.name, etcd.kind, etcd.alive) == ("etcd", "etcd", True)
+        assert etcd.pid is not None and running(etcd.pid)
+        assert health.etcd_healthy(cluster.etcd_endpoint, 1.0)
+        assert etcd.log == tmp_path / "logs" / "etcd.log"
+
+        state = read_state(tmp_path)
+        assert state is not None
+        assert [(c.name, c.pid) for c in state.components] == [("etcd", etcd.pid)]
+        assert running(state.components[0].pid, state.components[0].argv)
+
+        client = meta.connect(cluster.etcd_endpoint)
+        meta.init_slot_map(client, ["shard-1", "shard-2"])
+        client.close()
+
+        first_pid = etcd.pid
+        cluster.kill("etcd")
+        assert not cluster.alive("etcd")
+        assert not running(first_pid)
+
+        second_pid = cluster.start_component("etcd")
+        assert second_pid != first_pid
+        client = meta.connect(cluster.etcd_endpoint)
+        slot_map = meta.read_slot_map(client)  # survived: etcd data is under DATA/etcd
+        client.close()
+        assert slot_map is not None and slot_map.shard_ids() == ["shard-1", "shard-2"]
+
+        with pytest.raises(ClusterError):
+            cluster.start_component("etcd")  # already running
+        with pytest.raises(ClusterError):
+            cluster.kill("shard-9")
+        with pytest.raises(ClusterError):
+            etcd_only(tmp_path).start()  # a second cluster on the same data dir
+    finally:
+        cluster.stop()
+    assert not running(second_pid)
+    assert all(not c.alive for c in cluster.components())
+    state = read_state(tmp_path)
+    assert state is not None and state.components[0].pid is None
+    cluster.stop()  # twice is fine
+
+
+def test_restart_on_existing_data_dir_keeps_the_slot_map(tmp_path: Path) -> None:
+    with etcd_only(tmp_path) as cluster:
+        client = meta.connect(cluster.etcd_endpoint)
+        created = meta.init_slot_map(client, ["shard-1"])
+        client.close()
+    with etcd_only(tmp_path) as again:  # new free ports, same DATA/etcd
+        client = meta.connect(again.etcd_endpoint)
+        assert meta.read_slot_map(client) == created
+        client.close()
+
+
+def test_sigterm_and_sigstop(tmp_path: Path) -> None:
+    with etcd_only(tmp_path) as cluster:
+        pid = cluster.pid("etcd")
+        cluster.kill("etcd", signal.SIGSTOP, wait=False)
+        assert cluster.alive("etcd")
+        cluster.kill("etcd", signal.SIGCONT, wait=False)
+        cluster.kill("etcd", signal.SIGTERM)
+        assert not cluster.alive("etcd")
+        assert pid is not None and not running(pid)
+
+
+def test_missing_etcd_is_a_clear_error(tmp_path: Path) -> None:
+    cluster = LocalCluster(tmp_path, shards=0, coordinators=0, gateway=False, etcd_binary="no-such-etcd")
+    with pytest.raises(ClusterError) as caught:
+        cluster.start()
+    assert caught.value.reason == ETCD_NOT_FOUND
+    assert "not on PATH" in caught.value.message
+
+
+def test_ports_with_a_base_port(tmp_path: Path) -> None:
+    cluster = LocalCluster(
+        tmp_path, shards=3, coordinators=2, base_port=50051, etcd_port=2379, gateway_port=50051
+    )
+    assert cluster.gateway_address == "127.0.0.1:50051"
+    assert cluster.node_addresses == {f"shard-{i}": f"127.0.0.1:{50060 + i}" for i in (1, 2, 3)}
+    assert cluster.coordinator_addresses == {"coord-1": "127.0.0.1:50071", "coord-2": "127.0.0.1:50072"}
+    assert cluster.etcd_endpoint == "127.0.0.1:2379"
+    etcd_argv = cluster.spec("etcd").argv
+    assert "http://127.0.0.1:2380" in etcd_argv
+    node_argv = cluster.spec("shard-2").argv
+    assert node_argv[1:] == (
+        "-m", "ledger_node", "--shard-id", "shard-2", "--listen", "127.0.0.1:50062",
+        "--data-dir", str(tmp_path.resolve() / "shard-2"), "--etcd", "127.0.0.1:2379",
+    )  # fmt: skip
+    assert cluster.spec("gw-1").argv[1:] == (
+        "-m", "gateway", "--id", "gw-1", "--listen", "127.0.0.1:50051", "--etcd", "127.0.0.1:2379",
+    )  # fmt: skip
+    assert cluster.names() == ["etcd", "shard-1", "shard-2", "shard-3", "coord-1", "coord-2", "gw-1"]
+
+
+def test_free_ports_are_distinct(tmp_path: Path) -> None:
+    cluster = LocalCluster(tmp_path, shards=4, coordinators=3)
+    addresses = [c.address for c in cluster.components()]
+    assert len(set(addresses)) == len(addresses) == 9
+
+
+def test_status_json_lists_components_from_the_state_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with etcd_only(tmp_path) as cluster:
+        code = cli.main(
+            ["status", "--json", "--data-dir", str(tmp_path), "--gateway", "127.0.0.1:1", "--deadline", "0.5"]
+        )
+        out, err = capsys.readouterr()
+        assert code == 1  # no gateway in this cluster
+        assert err.startswith("error: UNAVAILABLE")
+        data = json.loads(out)
+        assert data["cluster"] is None
+        [etcd] = data["components"]
+        assert (etcd["name"], etcd["pid"], etcd["state"]) == ("etcd", cluster.pid("etcd"), "running")
+    assert os.path.exists(tmp_path / "cluster.json")
