@@ -104,7 +104,7 @@ def test_missing_etcd_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_ports_with_a_base_port(tmp_path: Path) -> None:
     cluster = LocalCluster(
-        tmp_path, shards=3, coordinators=2, base_port=50051, etcd_port=2379, gateway_port=50051
+        tmp_path, shards=3, coordinators=2, base_port=50051, etcd_port=2379, gateway_port=50051, http_port=8080
     )
     assert cluster.gateway_address == "127.0.0.1:50051"
     assert cluster.node_addresses == {f"shard-{i}": f"127.0.0.1:{50060 + i}" for i in (1, 2, 3)}
@@ -119,7 +119,9 @@ def test_ports_with_a_base_port(tmp_path: Path) -> None:
     )  # fmt: skip
     assert cluster.spec("gw-1").argv[1:] == (
         "-m", "gateway", "--id", "gw-1", "--listen", "127.0.0.1:50051", "--etcd", "127.0.0.1:2379",
+        "--http-listen", "127.0.0.1:8080",
     )  # fmt: skip
+    assert cluster.http_address == "127.0.0.1:8080"
     assert cluster.names() == ["etcd", "shard-1", "shard-2", "shard-3", "coord-1", "coord-2", "gw-1"]
 
 
