@@ -35,6 +35,7 @@ import structlog
 from clients.client import AsyncBankClient, BankClient
 from clients.local_cluster import LocalCluster
 from ledger_node import verify
+from loadtest.failover_stats import failover_stats
 from shardbank import meta
 from shardbank.identity import cn_check_digit
 from shardbank.slots import SlotMap
@@ -93,6 +94,10 @@ class ChaosReport:
     unknown_resolved_aborted: int = 0
     kills: dict[str, int] = field(default_factory=dict)
     longest_commit_pause_after_leader_kill_s: float = 0.0
+    elections: int = 0
+    election_after_leader_kill_s_max: float = 0.0
+    in_doubt_at_election: int = 0
+    in_doubt_resolved_after_election_s_max: float = 0.0
     violations: list[str] = field(default_factory=list)
     verify_exit_code: int = -1
 
@@ -111,6 +116,10 @@ class ChaosReport:
             f"kills               {dict(sorted(self.kills.items()))} (total {sum(self.kills.values())})",
             f"longest pause in cross-shard commits after a leader kill: "
             f"{self.longest_commit_pause_after_leader_kill_s:.2f} s",
+            f"elections           {self.elections}; leader kill -> new leader elected: max "
+            f"{self.election_after_leader_kill_s_max:.2f} s",
+            f"in doubt at an election: {self.in_doubt_at_election}, all ended within "
+            f"{self.in_doubt_resolved_after_election_s_max:.2f} s of the election",
             f"offline verify exit {self.verify_exit_code}",
             f"violations          {len(self.violations)}",
         ]
@@ -129,6 +138,7 @@ class ChaosRun:
         self.opening: dict[int, int] = {}
         self.owner: dict[int, str] = {}
         self.leader_kills: list[float] = []
+        self.leader_kills_unix_s: list[float] = []
         self.cross_commits: list[float] = []
 
     # ---- set-up -----------------------------------------------------------
@@ -254,6 +264,7 @@ class ChaosRun:
                     target = self.rng.choice(standbys) if standbys else None
                 if fault == "leader" and target is not None:
                     self.leader_kills.append(time.monotonic())
+                    self.leader_kills_unix_s.append(time.time())
             elif fault == "node":
                 nodes = [n for n in self._names("ledger_node") if n in alive]
                 target = self.rng.choice(nodes) if nodes else None
@@ -358,6 +369,11 @@ class ChaosRun:
             if after:
                 longest = max(longest, after[0] - killed_at)
         r.longest_commit_pause_after_leader_kill_s = longest
+        stats = failover_stats(self.cluster.log_dir, self.leader_kills_unix_s)
+        r.elections = stats.elections
+        r.election_after_leader_kill_s_max = stats.election_after_kill_s_max
+        r.in_doubt_at_election = stats.in_doubt_at_election
+        r.in_doubt_resolved_after_election_s_max = stats.in_doubt_resolved_after_election_s_max
 
     # ---- the run ------------------------------------------------------------
 
