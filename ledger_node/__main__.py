@@ -14,7 +14,7 @@ import sys
 import structlog
 
 from ledger_node.server import create_server
-from shardbank import logs
+from shardbank import logs, service_auth
 
 log = structlog.get_logger("ledger_node")
 
@@ -27,11 +27,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--listen", default="127.0.0.1:50061", help="host:port (default 127.0.0.1:50061)")
     parser.add_argument("--data-dir", default="var/shard-1", help="RocksDB directory (default var/shard-1)")
     parser.add_argument("--etcd", default="127.0.0.1:2379", help='etcd host:port; "" = standalone')
+    service_auth.add_secret_argument(parser)
     return parser.parse_args(argv)
 
 
 async def serve(args: argparse.Namespace) -> int:
-    node = await create_server(args.shard_id, args.listen, args.data_dir, args.etcd)
+    secret = service_auth.load_cluster_secret(args.cluster_secret_file, args.shard_id)
+    node = await create_server(args.shard_id, args.listen, args.data_dir, args.etcd, cluster_secret=secret)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -46,7 +48,11 @@ async def serve(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logs.configure("ledger_node")
-    return asyncio.run(serve(args))
+    try:
+        return asyncio.run(serve(args))
+    except service_auth.SecretError as exc:
+        log.error("cluster_secret_unusable", detail=str(exc))
+        return 2
 
 
 if __name__ == "__main__":

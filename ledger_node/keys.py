@@ -17,6 +17,8 @@ journal by seq and `h/<account>` walks one account's history by seq.
 
 from __future__ import annotations
 
+import re
+import struct
 import uuid
 
 ACCOUNT = b"a/"
@@ -30,6 +32,7 @@ META_APPLIED = b"m/applied"
 
 U64_BYTES = 8
 UUID_BYTES = 16
+_U64_PAIR = struct.Struct(">QQ")
 
 
 def u64(value: int) -> bytes:
@@ -46,16 +49,27 @@ def account_key(account_id: int) -> bytes:
     return ACCOUNT + u64(account_id)
 
 
+# A canonical transfer id (what `ids.normalize_transfer_id` returns).
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def uuid_bytes(transfer_id: str) -> bytes:
+    """The 16 bytes of a transfer id; a canonical id skips building a UUID."""
+    if _CANONICAL_UUID.fullmatch(transfer_id):
+        return bytes.fromhex(transfer_id.replace("-", ""))
+    return uuid.UUID(transfer_id).bytes
+
+
 def transfer_key(transfer_id: str) -> bytes:
-    return TRANSFER + uuid.UUID(transfer_id).bytes
+    return TRANSFER + uuid_bytes(transfer_id)
 
 
 def leg_key(transfer_id: str) -> bytes:
-    return LEG + uuid.UUID(transfer_id).bytes
+    return LEG + uuid_bytes(transfer_id)
 
 
 def in_doubt_key(role: int, transfer_id: str) -> bytes:
-    return IN_DOUBT + bytes([role]) + uuid.UUID(transfer_id).bytes
+    return IN_DOUBT + bytes([role]) + uuid_bytes(transfer_id)
 
 
 def journal_key(seq: int) -> bytes:
@@ -63,7 +77,7 @@ def journal_key(seq: int) -> bytes:
 
 
 def history_key(account_id: int, seq: int) -> bytes:
-    return HISTORY + u64(account_id) + u64(seq)
+    return HISTORY + _U64_PAIR.pack(account_id, seq)
 
 
 def transfer_id_of(key: bytes) -> str:

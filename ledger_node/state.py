@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from ledger_node import journal, keys
+from ledger_node import journal, keys, records
 from shardbank import errors, identity, ids, limits, money
 from shardbank.errors import BankError
 from shardbank.v1 import ledger_pb2, types_pb2
@@ -113,6 +113,9 @@ class AccountState:
     held: int = 0
     pending_credit: int = 0
     status_history: list[types_pb2.StatusChange] = field(default_factory=list)
+    # (holder_bytes it was built from, records.account_head): the unchanging
+    # start of the stored record, rebuilt only when the holder changes.
+    head_cache: tuple[bytes, bytes] | None = None
 
     @property
     def available(self) -> int:
@@ -140,6 +143,25 @@ class AccountState:
             account.available = self.available
         return account
 
+    def record_bytes(self) -> bytes:
+        """The stored record: the bytes of `to_proto(with_available=False)`
+        serialized deterministically, without building the message."""
+        cache = self.head_cache
+        if cache is None or cache[0] is not self.holder_bytes:
+            head = records.account_head(self.id, self.currency, self.type, self.holder_bytes)
+            self.head_cache = cache = (self.holder_bytes, head)
+        return records.account(
+            cache[1],
+            self.status,
+            self.balance,
+            self.held,
+            self.overdraft_limit,
+            self.pending_credit,
+            self.created_at_ms,
+            self.updated_at_ms,
+            [change.SerializeToString(deterministic=True) for change in self.status_history],
+        )
+
     @staticmethod
     def from_proto(account: types_pb2.Account) -> AccountState:
         return AccountState(
@@ -159,7 +181,25 @@ class AccountState:
 
 
 def check_account_invariants(account: AccountState) -> None:
-    """What must hold for every account at every write (and after every read)."""
+    """What must hold for every account at every write (and after every read).
+
+    One boolean expression on the hot path; the explicit checks below run
+    (and name the broken rule) only when it is false."""
+    balance, held, pending_credit = account.balance, account.held, account.pending_credit
+    if (
+        held >= 0
+        and pending_credit >= 0
+        and -money.BALANCE_MAX_MINOR <= balance <= money.BALANCE_MAX_MINOR
+        and balance + pending_credit <= money.BALANCE_MAX_MINOR
+        and (held == 0 if account.type == SYSTEM else balance - held + account.overdraft_limit >= 0)
+        and (account.status != CLOSED or (balance == 0 and held == 0 and pending_credit == 0))
+    ):
+        return
+    _name_broken_account_invariant(account)
+    raise InvariantViolation(f"account {account.id}: invariants disagree")  # unreachable if consistent
+
+
+def _name_broken_account_invariant(account: AccountState) -> None:
     where = f"account {account.id}"
     invariant(account.held >= 0, f"{where}: held {account.held} < 0")
     invariant(account.pending_credit >= 0, f"{where}: pending_credit {account.pending_credit} < 0")
@@ -222,9 +262,11 @@ def _rejected(given: types_pb2.Transfer, error: BankError) -> types_pb2.Transfer
 def _leg_out(record: ledger_pb2.Leg, error: BankError | None = None, done: bool = False) -> ledger_pb2.Leg:
     """The answer for one item. `done`: the leg is in the state the caller
     asked for (code 0). Otherwise an ABORTED leg answers with why it aborted,
-    which is what a Prepare caller needs to abort the other leg."""
-    out = ledger_pb2.Leg()
-    out.CopyFrom(record)
+    which is what a Prepare caller needs to abort the other leg.
+
+    Fills in `record` itself: every record handed here is a message of this
+    drain whose bytes are already in the writes (or were read from them)."""
+    out = record
     if error is not None:
         out.code, out.reason = error.code_value, error.reason
     elif record.state == ABORTED and not done:
@@ -342,9 +384,7 @@ class Ledger:
         for account_id in sorted(self._dirty):
             account = self.accounts[account_id]
             check_account_invariants(account)
-            self._writes[keys.account_key(account_id)] = account.to_proto(
-                with_available=False
-            ).SerializeToString(deterministic=True)
+            self._writes[keys.account_key(account_id)] = account.record_bytes()
         if self.max_epoch != epoch_before:
             invariant(self.max_epoch > epoch_before, "max epoch went down")
             self._writes[keys.META_EPOCH] = keys.u64(self.max_epoch)
@@ -409,24 +449,41 @@ class Ledger:
         value = self._read(key)
         return None if value is None else ledger_pb2.Leg.FromString(value)
 
-    def _put_leg(self, key: bytes, record: ledger_pb2.Leg) -> None:
-        self._writes[key] = record.SerializeToString(deterministic=True)
-
     def _journal(self, entry: types_pb2.JournalEntry) -> int:
         """Append one entry to the hash chain; returns its seq."""
         seq = self.journal_seq + 1
         entry.seq = seq
-        entry_bytes = entry.SerializeToString(deterministic=True)
+        self._chain(seq, entry.SerializeToString(deterministic=True))
+        return seq
+
+    def _journal_transfer(
+        self,
+        kind: types_pb2.JournalKind.ValueType,
+        now_ms: int,
+        transfer_id: str,
+        postings: list[bytes],
+        transfer_bytes: bytes,
+        epoch: int = 0,
+        role: int = 0,
+    ) -> int:
+        """`_journal` for an entry about one transfer, from its serialized body."""
+        seq = self.journal_seq + 1
+        entry_bytes = records.transfer_entry(
+            seq, kind, now_ms, transfer_id, postings, transfer_bytes, epoch, role
+        )
+        self._chain(seq, entry_bytes)
+        return seq
+
+    def _chain(self, seq: int, entry_bytes: bytes) -> None:
+        invariant(seq == self.journal_seq + 1, f"journal seq {seq} after {self.journal_seq}")
         value, head = journal.encode(self.journal_hash, entry_bytes)
         self._writes[keys.journal_key(seq)] = value
         self.journal_seq, self.journal_hash = seq, head
-        return seq
 
-    def _history(self, account: AccountState, transfer: types_pb2.Transfer, delta: int, seq: int) -> None:
-        entry = types_pb2.HistoryEntry(
-            transfer=transfer, balance_delta=delta, balance_after=account.balance, journal_seq=seq
+    def _history(self, account: AccountState, transfer_bytes: bytes, delta: int, seq: int) -> None:
+        self._writes[keys.history_key(account.id, seq)] = records.history(
+            transfer_bytes, delta, account.balance, seq
         )
-        self._writes[keys.history_key(account.id, seq)] = entry.SerializeToString(deterministic=True)
 
     def _touch(self, account: AccountState, now_ms: int) -> None:
         account.updated_at_ms = now_ms
@@ -716,16 +773,18 @@ class Ledger:
     def _routing_refusal(self, transfer: types_pb2.Transfer) -> BankError | None:
         """SLOT_MOVED when none of the customer accounts is ours, CROSS_SHARD
         when only one of them is (the gateway sends those to the coordinator)."""
-        if transfer.kind == DEPOSIT:
-            customers = [transfer.credit_account_id]
-        elif transfer.kind == WITHDRAWAL:
-            customers = [transfer.debit_account_id]
-        else:
-            customers = [transfer.debit_account_id, transfer.credit_account_id]
-        owned = [self._owns(account_id) for account_id in customers]
-        if not any(owned):
-            return _slot_moved(customers[0])
-        if not all(owned):
+        kind = transfer.kind
+        if kind == DEPOSIT:
+            credit = transfer.credit_account_id
+            return None if self._owns(credit) else _slot_moved(credit)
+        debit = transfer.debit_account_id
+        debit_owned = self._owns(debit)
+        if kind == WITHDRAWAL:
+            return None if debit_owned else _slot_moved(debit)
+        credit_owned = self._owns(transfer.credit_account_id)
+        if not debit_owned and not credit_owned:
+            return _slot_moved(debit)
+        if not (debit_owned and credit_owned):
             return errors.precondition(errors.CROSS_SHARD, "debit and credit are on different shards")
         return None
 
@@ -750,56 +809,54 @@ class Ledger:
         if refusal is not None:
             transfer.status = types_pb2.TRANSFER_STATUS_ABORTED
             _set_outcome(transfer, refusal)
-            self._put_leg(key, ledger_pb2.Leg(transfer=transfer, state=ABORTED))
-            self._journal(
-                types_pb2.JournalEntry(
-                    kind=types_pb2.JOURNAL_KIND_TRANSFER_REFUSED,
-                    at_unix_ms=now_ms,
-                    transfer_id=transfer.id,
-                    transfer=transfer,
-                )
+            transfer_bytes = transfer.SerializeToString(deterministic=True)
+            self._writes[key] = records.leg(transfer_bytes, 0, ABORTED)
+            self._journal_transfer(
+                types_pb2.JOURNAL_KIND_TRANSFER_REFUSED, now_ms, transfer.id, [], transfer_bytes
             )
             return transfer
-        self._post(transfer, now_ms)
-        self._put_leg(key, ledger_pb2.Leg(transfer=transfer, state=COMMITTED))
+        transfer_bytes = self._post(transfer, now_ms)
+        self._writes[key] = records.leg(transfer_bytes, 0, COMMITTED)
         return transfer
 
-    def _post(self, transfer: types_pb2.Transfer, now_ms: int) -> None:
-        """Move the money of a checked single-shard transfer, in one step."""
+    def _post(self, transfer: types_pb2.Transfer, now_ms: int) -> bytes:
+        """Move the money of a checked single-shard transfer, in one step;
+        returns the transfer's serialized body (as recorded everywhere)."""
         debit = self._cash_account(transfer.debit_account_id, transfer.currency, now_ms)
         credit = self._cash_account(transfer.credit_account_id, transfer.currency, now_ms)
         amount = transfer.amount
-        postings = [
-            types_pb2.Posting(account_id=debit.id, balance_delta=-amount),
-            types_pb2.Posting(account_id=credit.id, balance_delta=amount),
-        ]
-        invariant(
-            sum(p.balance_delta for p in postings) == 0, f"transfer {transfer.id}: postings do not sum to 0"
-        )
+        debit_delta, credit_delta = -amount, amount
+        invariant(debit_delta + credit_delta == 0, f"transfer {transfer.id}: postings do not sum to 0")
         invariant(
             debit.currency == credit.currency == transfer.currency, f"transfer {transfer.id}: currencies"
         )
         invariant(
             debit.status == ACTIVE and credit.status == ACTIVE, f"transfer {transfer.id}: account not active"
         )
-        debit.balance -= amount
-        credit.balance += amount
+        debit.balance += debit_delta
+        credit.balance += credit_delta
         self._touch(debit, now_ms)
         self._touch(credit, now_ms)
         transfer.status = types_pb2.TRANSFER_STATUS_COMMITTED
         _set_outcome(transfer, None)
-        seq = self._journal(
-            types_pb2.JournalEntry(
-                kind=types_pb2.JOURNAL_KIND_TRANSFER_POSTED,
-                at_unix_ms=now_ms,
-                transfer_id=transfer.id,
-                postings=postings,
-                transfer=transfer,
-            )
+        transfer_bytes = transfer.SerializeToString(deterministic=True)
+        seq = self.journal_seq + 1
+        entry_bytes, debit_history, credit_history = records.posted_transfer(
+            seq,
+            now_ms,
+            transfer.id,
+            transfer_bytes,
+            amount,
+            debit.id,
+            debit.balance,
+            credit.id,
+            credit.balance,
         )
-        self._history(debit, transfer, -amount, seq)
-        self._history(credit, transfer, amount, seq)
+        self._chain(seq, entry_bytes)
+        self._writes[keys.history_key(debit.id, seq)] = debit_history
+        self._writes[keys.history_key(credit.id, seq)] = credit_history
         self.transfers_applied += 1
+        return transfer_bytes
 
     # ------------------------------------------------------------------ two-phase commit
 
@@ -833,44 +890,41 @@ class Ledger:
             record.state = ABORTED
             record.transfer.status = types_pb2.TRANSFER_STATUS_ABORTED
             _set_outcome(record.transfer, refusal)
-            self._put_leg(key, record)
-            self._journal_leg(types_pb2.JOURNAL_KIND_LEG_ABORTED, record, [], now_ms)
+            self._record_leg(key, record, types_pb2.JOURNAL_KIND_LEG_ABORTED, [], now_ms)
             return _leg_out(record)
         account = self.accounts[account_id]
         invariant(account.type != SYSTEM, f"transfer {transfer.id}: 2PC leg on a cash account")
         if role == DEBIT:
             account.held += transfer.amount
-            posting = types_pb2.Posting(account_id=account_id, held_delta=transfer.amount)
+            posting = records.posting(account_id, held_delta=transfer.amount)
         else:
             account.pending_credit += transfer.amount
-            posting = types_pb2.Posting(account_id=account_id, pending_credit_delta=transfer.amount)
+            posting = records.posting(account_id, pending_credit_delta=transfer.amount)
         self._touch(account, now_ms)
         record.state = PREPARED
         record.transfer.status = types_pb2.TRANSFER_STATUS_PENDING
-        self._put_leg(key, record)
-        self._journal_leg(types_pb2.JOURNAL_KIND_LEG_PREPARED, record, [posting], now_ms)
+        self._record_leg(key, record, types_pb2.JOURNAL_KIND_LEG_PREPARED, [posting], now_ms)
         self.in_doubt[(role, transfer.id)] = now_ms
         self._writes[keys.in_doubt_key(role, transfer.id)] = keys.u64(now_ms)
         return _leg_out(record)
 
-    def _journal_leg(
+    def _record_leg(
         self,
-        kind: types_pb2.JournalKind.ValueType,
+        key: bytes,
         record: ledger_pb2.Leg,
-        postings: list[types_pb2.Posting],
+        kind: types_pb2.JournalKind.ValueType,
+        postings: list[bytes],
         now_ms: int,
-    ) -> int:
-        return self._journal(
-            types_pb2.JournalEntry(
-                kind=kind,
-                at_unix_ms=now_ms,
-                transfer_id=record.transfer.id,
-                postings=postings,
-                epoch=record.epoch,
-                role=record.role,
-                transfer=record.transfer,
-            )
-        )
+    ) -> tuple[int, bytes]:
+        """Store a leg and journal it, its transfer serialized once for both:
+        (journal seq, transfer bytes)."""
+        invariant(record.code == 0 and not record.reason, "a stored leg carries no request outcome")
+        transfer = record.transfer
+        transfer_bytes = transfer.SerializeToString(deterministic=True)
+        role, epoch = record.role, record.epoch
+        self._writes[key] = records.leg(transfer_bytes, role, record.state, epoch, record.prepared_at_unix_ms)
+        seq = self._journal_transfer(kind, now_ms, transfer.id, postings, transfer_bytes, epoch, role)
+        return seq, transfer_bytes
 
     def _resolve(self, item: ledger_pb2.DecideItem, role: int, epoch: int, now_ms: int) -> ledger_pb2.Leg:
         """Decide (role DEBIT, the record holder) or Finish (role CREDIT)."""
@@ -931,8 +985,7 @@ class Ledger:
         tombstone.reason = item.reason
         record = ledger_pb2.Leg(transfer=tombstone, role=role, state=ABORTED, epoch=epoch)  # type: ignore[arg-type]
         key = keys.transfer_key(transfer_id) if role == DEBIT else keys.leg_key(transfer_id)
-        self._put_leg(key, record)
-        self._journal_leg(types_pb2.JOURNAL_KIND_LEG_ABORTED, record, [], now_ms)
+        self._record_leg(key, record, types_pb2.JOURNAL_KIND_LEG_ABORTED, [], now_ms)
         return _leg_out(record, done=True)
 
     def _settle(
@@ -954,17 +1007,16 @@ class Ledger:
         if debit_side:
             invariant(account.held >= amount, f"transfer {transfer.id}: hold {account.held} < {amount}")
             account.held -= amount
-            posting = types_pb2.Posting(account_id=account_id, held_delta=-amount)
             if wanted == COMMITTED:
                 balance_delta = -amount
+            posting = records.posting(account_id, balance_delta, held_delta=-amount)
         else:
             invariant(account.pending_credit >= amount, f"transfer {transfer.id}: pending credit < {amount}")
             account.pending_credit -= amount
-            posting = types_pb2.Posting(account_id=account_id, pending_credit_delta=-amount)
             if wanted == COMMITTED:
                 balance_delta = amount
+            posting = records.posting(account_id, balance_delta, pending_credit_delta=-amount)
         account.balance += balance_delta
-        posting.balance_delta = balance_delta
         self._touch(account, now_ms)
         record.state = wanted
         record.epoch = epoch
@@ -978,10 +1030,9 @@ class Ledger:
             transfer.code = item.code or grpc.StatusCode.ABORTED.value[0]
             transfer.reason, transfer.message = item.reason, ""
             kind = types_pb2.JOURNAL_KIND_LEG_ABORTED
-        self._put_leg(key, record)
-        seq = self._journal_leg(kind, record, [posting], now_ms)
+        seq, transfer_bytes = self._record_leg(key, record, kind, [posting], now_ms)
         if wanted == COMMITTED:
-            self._history(account, transfer, balance_delta, seq)
+            self._history(account, transfer_bytes, balance_delta, seq)
             self.transfers_applied += 1
         del self.in_doubt[(record.role, transfer.id)]
         self._writes[keys.in_doubt_key(record.role, transfer.id)] = None

@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from rocksdict import AccessType, Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import AccessType, BlockBasedOptions, Options, Rdict, WriteBatch, WriteOptions
 
 from ledger_node import journal, keys
 from ledger_node.state import AccountState, InvariantViolation, Write, check_account_invariants, invariant
@@ -20,6 +20,23 @@ from shardbank.v1 import types_pb2
 # Writes of one group commit: bounded by the writer's drain size; a batch far
 # above this means a bug upstream, not load.
 WRITES_PER_BATCH_MAX = 1_000_000
+# Bloom filters: every new transfer id is looked up (t/, l/) before it is
+# recorded, and nearly all of those lookups miss. Without a filter a miss
+# searches the memtable and every level (~5 us in Python terms); with one it
+# is ~0.5 us. 10 bits per key: ~1% false positives, ~1.25 bytes per key.
+BLOOM_BITS_PER_KEY = 10
+# Share of the memtable spent on its own whole-key bloom filter.
+MEMTABLE_BLOOM_RATIO = 0.1
+
+
+def _options() -> Options:
+    options = Options(raw_mode=True)
+    table = BlockBasedOptions()
+    table.set_bloom_filter(BLOOM_BITS_PER_KEY, False)
+    options.set_block_based_table_factory(table)
+    options.set_memtable_prefix_bloom_ratio(MEMTABLE_BLOOM_RATIO)
+    options.set_memtable_whole_key_filtering(True)
+    return options
 
 
 @dataclass
@@ -38,7 +55,7 @@ class Store:
     """A shard's RocksDB. Not thread-safe by design: one writer owns it."""
 
     def __init__(self, path: str, read_only: bool = False) -> None:
-        options = Options(raw_mode=True)
+        options = _options()
         if read_only:
             if not os.path.isdir(path):
                 raise FileNotFoundError(f"no shard database at {path}")
