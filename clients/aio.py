@@ -15,7 +15,7 @@ from typing import TypeVar
 import grpc
 
 from clients import messages, retry
-from clients.channel import CHANNEL_OPTIONS, DEFAULT_TARGET
+from clients.channel import CHANNEL_OPTIONS, DEFAULT_TARGET, auth_metadata, default_token
 from clients.coalesce import LINGER_S_DEFAULT, TransferCoalescer
 from clients.retry import RetryPolicy
 from shardbank import limits
@@ -35,6 +35,7 @@ class AsyncBankClient:
         coalesce_linger_s: float = LINGER_S_DEFAULT,
         coalesce_items_max: int = limits.BATCH_ITEMS_MAX,
         channel: grpc.aio.Channel | None = None,
+        token: str | None = None,
     ) -> None:
         if deadline_s <= 0:
             raise ValueError("deadline_s must be positive")
@@ -44,6 +45,8 @@ class AsyncBankClient:
         self.deadline_s = deadline_s
         self.retry_policy = retry_policy
         self.actor = actor
+        # The API key sent on every call; default $SHARDBANK_TOKEN.
+        self._metadata = auth_metadata(token if token is not None else default_token())
         self._owns_channel = channel is None
         self._channel = channel or grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
         self._stub = bank_pb2_grpc.BankStub(self._channel)
@@ -86,20 +89,24 @@ class AsyncBankClient:
         )
 
         async def attempt(deadline_s: float) -> types_pb2.Account:
-            response = await self._stub.OpenAccounts(request, timeout=deadline_s, wait_for_ready=True)
+            response = await self._stub.OpenAccounts(
+                request, timeout=deadline_s, metadata=self._metadata, wait_for_ready=True
+            )
             return messages.account_result(response)
 
         return await retry.call_async(retry.NO_RETRY, self.deadline_s, attempt)
 
     async def get_account(self, account_id: int) -> types_pb2.Account:
         request = bank_pb2.GetAccountRequest(account_id=account_id)
-        return await self._call(lambda d: self._stub.GetAccount(request, timeout=d))
+        return await self._call(lambda d: self._stub.GetAccount(request, timeout=d, metadata=self._metadata))
 
     async def update_contact(
         self, account_id: int, phone: str | None = None, name: str | None = None
     ) -> types_pb2.Account:
         request = messages.update_contact(account_id, phone, name)
-        return await self._account_call(lambda d: self._stub.UpdateContacts(request, timeout=d))
+        return await self._account_call(
+            lambda d: self._stub.UpdateContacts(request, timeout=d, metadata=self._metadata)
+        )
 
     async def freeze(self, account_id: int, reason: str) -> types_pb2.Account:
         return await self._change_status(account_id, ledger_pb2.STATUS_ACTION_FREEZE, reason)
@@ -116,7 +123,9 @@ class AsyncBankClient:
         self, account_id: int, action: ledger_pb2.StatusAction.ValueType, reason: str
     ) -> types_pb2.Account:
         request = messages.change_status(account_id, action, reason, self.actor)
-        return await self._account_call(lambda d: self._stub.ChangeAccountStatus(request, timeout=d))
+        return await self._account_call(
+            lambda d: self._stub.ChangeAccountStatus(request, timeout=d, metadata=self._metadata)
+        )
 
     async def _account_call(
         self, send: Callable[[float], Awaitable[ledger_pb2.AccountsResponse]]
@@ -191,12 +200,12 @@ class AsyncBankClient:
         self, items: list[types_pb2.Transfer], deadline_s: float
     ) -> list[types_pb2.Transfer]:
         request = bank_pb2.SubmitTransfersRequest(transfers=items)
-        response = await self._stub.SubmitTransfers(request, timeout=deadline_s)
+        response = await self._stub.SubmitTransfers(request, timeout=deadline_s, metadata=self._metadata)
         return messages.transfer_outcomes(items, response)
 
     async def get_transfer(self, transfer_id: str) -> types_pb2.Transfer:
         request = bank_pb2.GetTransferRequest(transfer_id=messages.known_transfer_id(transfer_id))
-        return await self._call(lambda d: self._stub.GetTransfer(request, timeout=d))
+        return await self._call(lambda d: self._stub.GetTransfer(request, timeout=d, metadata=self._metadata))
 
     async def history(
         self, account_id: int, page_size: int = limits.HISTORY_PAGE_SIZE_DEFAULT, page_token: str = ""
@@ -204,8 +213,10 @@ class AsyncBankClient:
         request = ledger_pb2.ListHistoryRequest(
             account_id=account_id, page_size=page_size, page_token=page_token
         )
-        return await self._call(lambda d: self._stub.ListHistory(request, timeout=d))
+        return await self._call(lambda d: self._stub.ListHistory(request, timeout=d, metadata=self._metadata))
 
     async def cluster_info(self) -> bank_pb2.ClusterInfo:
         request = bank_pb2.GetClusterInfoRequest()
-        return await self._call(lambda d: self._stub.GetClusterInfo(request, timeout=d))
+        return await self._call(
+            lambda d: self._stub.GetClusterInfo(request, timeout=d, metadata=self._metadata)
+        )

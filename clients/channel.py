@@ -23,3 +23,16 @@ CHANNEL_OPTIONS: list[tuple[str, int]] = [
 
 def default_target() -> str:
     return os.environ.get(GATEWAY_ENV) or DEFAULT_TARGET
+
+
+# Environment variable holding the API key token (`sbk_...`) clients send.
+TOKEN_ENV = "SHARDBANK_TOKEN"
+
+
+def default_token() -> str | None:
+    return os.environ.get(TOKEN_ENV) or None
+
+
+def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    """gRPC metadata carrying the token (`authorization: Bearer <token>`); none without one."""
+    return (("authorization", f"Bearer {token}"),) if token else ()

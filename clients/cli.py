@@ -21,7 +21,7 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from clients import cli_cluster, render
+from clients import cli_auth, cli_cluster, render
 from clients.channel import default_target
 from clients.client import BankClient
 from clients.messages import ACCOUNT_TYPES, ID_TYPES
@@ -71,7 +71,7 @@ def client(args: argparse.Namespace) -> BankClient:
         actor = f"cli:{getpass.getuser()}"
     except (OSError, KeyError):
         actor = "cli"
-    return BankClient(args.gateway, deadline_s=args.deadline, actor=actor)
+    return BankClient(args.gateway, deadline_s=args.deadline, actor=actor, token=cli_auth.resolve_token(args))
 
 
 # Commands.
@@ -196,6 +196,7 @@ def _common() -> argparse.ArgumentParser:
         help="gateway address ($SHARDBANK_GATEWAY)",
     )
     common.add_argument("--json", action="store_true", help="print the result as proto3 JSON")
+    cli_auth.add_token_argument(common)
     common.add_argument(
         "--deadline", type=_positive_seconds, default=limits.CALL_DEADLINE_S, metavar="S", help="per call"
     )
@@ -245,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = _common()
     cli_cluster.add_commands(commands, common)
+    cli_auth.add_commands(commands, common)
     _add_account(commands, common)
     for name, verb in (("deposit", "cash in"), ("withdraw", "cash out")):
         sub = commands.add_parser(name, parents=[common], help=verb)

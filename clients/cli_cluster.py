@@ -19,6 +19,7 @@ from clients.client import BankClient
 from clients.cluster_state import ClusterState, read_state, running
 from clients.errors import ShardbankError
 from clients.local_cluster import LocalCluster
+from loadtest import bench
 from shardbank import errors as bank_errors
 
 # How often `shardbank up` looks for children that died.
@@ -53,6 +54,9 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     chaos.add_argument("--seed", type=int, default=1)
     chaos.add_argument("--data-dir", default="", help="default: a fresh temporary directory")
     chaos.set_defaults(handler=cmd_chaos)
+    bench.add_arguments(
+        commands.add_parser("bench", parents=[common], help="transfers/s and latency vs PostgreSQL")
+    )
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -152,7 +156,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     error: ShardbankError | None = None
     info = None
     try:
-        with BankClient(args.gateway, deadline_s=min(args.deadline, STATUS_DEADLINE_S)) as bank:
+        from clients.cli_auth import resolve_token
+
+        token = resolve_token(args)
+        with BankClient(args.gateway, deadline_s=min(args.deadline, STATUS_DEADLINE_S), token=token) as bank:
             info = bank.cluster_info()
     except ShardbankError as exc:
         error = exc

@@ -24,7 +24,7 @@ import grpc
 
 from clients import messages, retry
 from clients.aio import AsyncBankClient
-from clients.channel import CHANNEL_OPTIONS, DEFAULT_TARGET
+from clients.channel import CHANNEL_OPTIONS, DEFAULT_TARGET, auth_metadata, default_token
 from clients.errors import ShardbankError
 from clients.retry import RetryPolicy
 from shardbank import limits
@@ -41,6 +41,7 @@ class BankClient:
         retry_policy: RetryPolicy = RetryPolicy(),  # noqa: B008 (frozen)
         actor: str = "",
         channel: grpc.Channel | None = None,
+        token: str | None = None,
     ) -> None:
         if deadline_s <= 0:
             raise ValueError("deadline_s must be positive")
@@ -48,6 +49,8 @@ class BankClient:
         self.deadline_s = deadline_s
         self.retry_policy = retry_policy
         self.actor = actor
+        # The API key sent on every call; default $SHARDBANK_TOKEN.
+        self._metadata = auth_metadata(token if token is not None else default_token())
         self._owns_channel = channel is None
         self._channel = channel or grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         self._stub = bank_pb2_grpc.BankStub(self._channel)
@@ -82,7 +85,7 @@ class BankClient:
 
         def attempt(deadline_s: float) -> types_pb2.Account:
             response: ledger_pb2.AccountsResponse = self._stub.OpenAccounts(
-                request, timeout=deadline_s, wait_for_ready=True
+                request, timeout=deadline_s, metadata=self._metadata, wait_for_ready=True
             )
             return messages.account_result(response)
 
@@ -92,7 +95,9 @@ class BankClient:
         request = bank_pb2.GetAccountRequest(account_id=account_id)
 
         def attempt(deadline_s: float) -> types_pb2.Account:
-            account: types_pb2.Account = self._stub.GetAccount(request, timeout=deadline_s)
+            account: types_pb2.Account = self._stub.GetAccount(
+                request, timeout=deadline_s, metadata=self._metadata
+            )
             return account
 
         return retry.call(self.retry_policy, self.deadline_s, attempt)
@@ -101,7 +106,9 @@ class BankClient:
         self, account_id: int, phone: str | None = None, name: str | None = None
     ) -> types_pb2.Account:
         request = messages.update_contact(account_id, phone, name)
-        return self._account_call(lambda d: self._stub.UpdateContacts(request, timeout=d))
+        return self._account_call(
+            lambda d: self._stub.UpdateContacts(request, timeout=d, metadata=self._metadata)
+        )
 
     def freeze(self, account_id: int, reason: str) -> types_pb2.Account:
         return self._change_status(account_id, ledger_pb2.STATUS_ACTION_FREEZE, reason)
@@ -116,7 +123,9 @@ class BankClient:
         self, account_id: int, action: ledger_pb2.StatusAction.ValueType, reason: str
     ) -> types_pb2.Account:
         request = messages.change_status(account_id, action, reason, self.actor)
-        return self._account_call(lambda d: self._stub.ChangeAccountStatus(request, timeout=d))
+        return self._account_call(
+            lambda d: self._stub.ChangeAccountStatus(request, timeout=d, metadata=self._metadata)
+        )
 
     def _account_call(self, send: Callable[[float], ledger_pb2.AccountsResponse]) -> types_pb2.Account:
         return retry.call(self.retry_policy, self.deadline_s, lambda d: messages.account_result(send(d)))
@@ -182,14 +191,18 @@ class BankClient:
 
     def _send_transfers(self, items: list[types_pb2.Transfer], deadline_s: float) -> list[types_pb2.Transfer]:
         request = bank_pb2.SubmitTransfersRequest(transfers=items)
-        response: ledger_pb2.TransfersResponse = self._stub.SubmitTransfers(request, timeout=deadline_s)
+        response: ledger_pb2.TransfersResponse = self._stub.SubmitTransfers(
+            request, timeout=deadline_s, metadata=self._metadata
+        )
         return messages.transfer_outcomes(items, response)
 
     def get_transfer(self, transfer_id: str) -> types_pb2.Transfer:
         request = bank_pb2.GetTransferRequest(transfer_id=messages.known_transfer_id(transfer_id))
 
         def attempt(deadline_s: float) -> types_pb2.Transfer:
-            found: types_pb2.Transfer = self._stub.GetTransfer(request, timeout=deadline_s)
+            found: types_pb2.Transfer = self._stub.GetTransfer(
+                request, timeout=deadline_s, metadata=self._metadata
+            )
             return found
 
         return retry.call(self.retry_policy, self.deadline_s, attempt)
@@ -202,7 +215,9 @@ class BankClient:
         )
 
         def attempt(deadline_s: float) -> ledger_pb2.ListHistoryResponse:
-            page: ledger_pb2.ListHistoryResponse = self._stub.ListHistory(request, timeout=deadline_s)
+            page: ledger_pb2.ListHistoryResponse = self._stub.ListHistory(
+                request, timeout=deadline_s, metadata=self._metadata
+            )
             return page
 
         return retry.call(self.retry_policy, self.deadline_s, attempt)
@@ -211,7 +226,71 @@ class BankClient:
         request = bank_pb2.GetClusterInfoRequest()
 
         def attempt(deadline_s: float) -> bank_pb2.ClusterInfo:
-            info: bank_pb2.ClusterInfo = self._stub.GetClusterInfo(request, timeout=deadline_s)
+            info: bank_pb2.ClusterInfo = self._stub.GetClusterInfo(
+                request, timeout=deadline_s, metadata=self._metadata
+            )
             return info
+
+        return retry.call(self.retry_policy, self.deadline_s, attempt)
+
+    # API keys and audit (admin; ListApiKeys and ListAudit also auditor).
+
+    def create_api_key(self, role: str, customer_id: str = "") -> bank_pb2.CreateApiKeyResponse:
+        """A new key; the reply's `token` is the only copy of its secret. Not retried
+        (a resend would create a second key)."""
+        request = bank_pb2.CreateApiKeyRequest(role=role, customer_id=customer_id)
+
+        def attempt(deadline_s: float) -> bank_pb2.CreateApiKeyResponse:
+            reply: bank_pb2.CreateApiKeyResponse = self._stub.CreateApiKey(
+                request, timeout=deadline_s, metadata=self._metadata
+            )
+            return reply
+
+        return retry.call(retry.NO_RETRY, self.deadline_s, attempt)
+
+    def revoke_api_key(self, key_id: str) -> bank_pb2.ApiKey:
+        request = bank_pb2.RevokeApiKeyRequest(key_id=key_id)
+
+        def attempt(deadline_s: float) -> bank_pb2.ApiKey:
+            key: bank_pb2.ApiKey = self._stub.RevokeApiKey(
+                request, timeout=deadline_s, metadata=self._metadata
+            )
+            return key
+
+        return retry.call(self.retry_policy, self.deadline_s, attempt)
+
+    def list_api_keys(self) -> bank_pb2.ListApiKeysResponse:
+        request = bank_pb2.ListApiKeysRequest()
+
+        def attempt(deadline_s: float) -> bank_pb2.ListApiKeysResponse:
+            reply: bank_pb2.ListApiKeysResponse = self._stub.ListApiKeys(
+                request, timeout=deadline_s, metadata=self._metadata
+            )
+            return reply
+
+        return retry.call(self.retry_policy, self.deadline_s, attempt)
+
+    def list_audit(
+        self,
+        page_size: int = 0,
+        page_token: str = "",
+        actor_key_id: str = "",
+        action: str = "",
+        target: str = "",
+    ) -> bank_pb2.ListAuditResponse:
+        """Newest first; `next_page_token` continues, empty on the last page."""
+        request = bank_pb2.ListAuditRequest(
+            page_size=page_size,
+            page_token=page_token,
+            actor_key_id=actor_key_id,
+            action=action,
+            target=target,
+        )
+
+        def attempt(deadline_s: float) -> bank_pb2.ListAuditResponse:
+            reply: bank_pb2.ListAuditResponse = self._stub.ListAudit(
+                request, timeout=deadline_s, metadata=self._metadata
+            )
+            return reply
 
         return retry.call(self.retry_policy, self.deadline_s, attempt)

@@ -13,6 +13,17 @@ child's stdout and stderr go to `DATA/logs/<name>.log` (appended, so a
 restart keeps the history). Every wait is bounded; a child that exits while
 being waited for fails the start with the tail of its log. `DATA/cluster.json`
 records what runs (see `clients.cluster_state`), for `shardbank status`.
+
+Calls between the components are signed (`shardbank.service_auth`): the first
+`start()` writes a cluster secret to `DATA/cluster.secret` (mode 0600, reused
+on restart) and every node, coordinator and gateway gets
+`--cluster-secret-file` (`authenticate_services=False`: none, auth off). Tests
+that call a node directly sign with `cluster.cluster_secret`.
+
+`start()` also makes sure an admin API key exists — written straight into
+etcd, not through the gateway (nothing could authenticate the first call) —
+and keeps its token in `DATA/admin.token` (mode 0600), reused on restart
+while the key is valid: `cluster.admin_token`.
 """
 
 from __future__ import annotations
@@ -36,7 +47,7 @@ import grpc
 from clients import health, processes
 from clients.cluster_state import ClusterState, ComponentRecord, read_state, running, write_state
 from clients.errors import ShardbankError
-from shardbank import meta
+from shardbank import meta, service_auth
 
 ETCD = "etcd"
 LEDGER_NODE = "ledger_node"
@@ -57,6 +68,8 @@ COORDINATOR_PORT_OFFSET = 20
 # Each health probe's own deadline.
 PROBE_TIMEOUT_S = 1.0
 ROOT = Path(__file__).resolve().parent.parent
+ADMIN_TOKEN_FILE = "admin.token"
+NO_ADMIN_TOKEN = "NO_ADMIN_TOKEN"
 
 
 class ClusterError(ShardbankError):
@@ -103,6 +116,7 @@ class LocalCluster:
         etcd_binary: str = "etcd",
         start_timeout_s: float = 60.0,
         stop_timeout_s: float = 10.0,
+        authenticate_services: bool = True,
     ) -> None:
         """`base_port=None`: every port not given is a free one (tests). With a
         base port: gateway base, nodes base+10+i, coordinators base+20+i.
@@ -119,6 +133,8 @@ class LocalCluster:
         self.etcd_binary = shutil.which(etcd_binary) or etcd_binary
         self.start_timeout_s = start_timeout_s
         self.stop_timeout_s = stop_timeout_s
+        self.authenticate_services = authenticate_services
+        self.secret_file = self.data_dir / service_auth.SECRET_FILE_NAME
         spare = iter(processes.free_ports(4 + shards + coordinators))
         # An explicit etcd port takes the next one for peers (2379/2380), as etcd's defaults do.
         peer_port = etcd_port + 1 if etcd_port is not None else next(spare)
@@ -142,6 +158,7 @@ class LocalCluster:
         if gateway:
             self._add_python("gw-1", GATEWAY, gateway_port, "--id")
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._admin_token: str | None = None
         self._atexit_registered = False
         # Guards launching, signalling and the state file: the fault runner kills
         # from its event loop while a restart runs in a worker thread. Never held
@@ -159,6 +176,7 @@ class LocalCluster:
         if kind == LEDGER_NODE:
             argv += ["--data-dir", str(self.data_dir / name)]
         argv += ["--etcd", self.etcd_endpoint]
+        argv += ["--cluster-secret-file", str(self.secret_file) if self.authenticate_services else ""]
         if kind == GATEWAY:
             argv += ["--http-listen", self.http_address]
         self._add(name, kind, address, argv)
@@ -210,6 +228,13 @@ class LocalCluster:
         ]  # fmt: skip
 
     @property
+    def cluster_secret(self) -> bytes:
+        """What signs calls to nodes and coordinators (b"": auth off). Made by `start()`."""
+        if not self.authenticate_services:
+            return b""
+        return service_auth.read_secret(self.secret_file)
+
+    @property
     def node_addresses(self) -> dict[str, str]:
         return {name: self.address(name) for name in self.names(LEDGER_NODE)}
 
@@ -240,12 +265,15 @@ class LocalCluster:
             )
         self._check_not_running()
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        if self.authenticate_services:
+            service_auth.ensure_secret_file(self.secret_file)
         if not self._atexit_registered:
             atexit.register(self.stop)
             self._atexit_registered = True
         try:
             self._launch_group([ETCD])
             self._init_slot_map()
+            self._ensure_admin_token()
             for kind in (LEDGER_NODE, COORDINATOR, GATEWAY):
                 self._launch_group(self.names(kind))
             self._wait_for_leader()
@@ -356,6 +384,42 @@ class LocalCluster:
         raise ClusterError(COMPONENT_FAILED, f"no coordinator became leader; logs in {self.log_dir}")
 
     # etcd and state.
+
+    @property
+    def admin_token(self) -> str:
+        """The bootstrap admin API key's token (after `start()`)."""
+        if self._admin_token is None:
+            raise ClusterError(NO_ADMIN_TOKEN, "start the cluster first: the admin token is made by start()")
+        return self._admin_token
+
+    @property
+    def admin_token_path(self) -> Path:
+        return self.data_dir / ADMIN_TOKEN_FILE
+
+    def _ensure_admin_token(self) -> None:
+        """Reuse DATA/admin.token while its key is a valid admin key; else create one in etcd."""
+        from gateway.auth import audit, keys, permissions
+
+        client = meta.connect(self.etcd_endpoint)
+        try:
+            path = self.admin_token_path
+            if path.exists():
+                text = path.read_text().strip()
+                key = keys.verify_token(client, text)
+                if key is not None and key.role == permissions.ADMIN:
+                    self._admin_token = text
+                    return
+            key, token = keys.create_key(client, permissions.ADMIN)
+            audit.append(
+                client, [audit.Entry("bootstrap", "local_cluster", "key.create", key.key_id, 0, "", "", "")]
+            )
+        finally:
+            client.close()
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(token + "\n")
+        os.chmod(path, 0o600)  # an existing file keeps its old mode through O_CREAT
+        self._admin_token = token
 
     def _init_slot_map(self) -> None:
         shard_ids = self.names(LEDGER_NODE)

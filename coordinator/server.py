@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import signal
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 import structlog
@@ -25,7 +25,7 @@ from coordinator.election import Election, LeaderView
 from coordinator.recovery import PREPARE_TIMEOUT_MS_DEFAULT, Recovery
 from coordinator.shards import Deadlines, Shards
 from coordinator.twopc import TwoPhaseCommit
-from shardbank import errors, limits, meta
+from shardbank import errors, limits, meta, service_auth
 from shardbank.directory import CHANNEL_OPTIONS, ShardDirectory
 from shardbank.v1 import coordinator_pb2, coordinator_pb2_grpc, types_pb2
 
@@ -44,6 +44,8 @@ class Config:
     listen: str
     etcd: str
     prepare_timeout_ms: int = PREPARE_TIMEOUT_MS_DEFAULT
+    # Signs calls to nodes and is required of callers (service_auth); b"": off.
+    cluster_secret: bytes = field(default=b"", repr=False)
 
 
 @dataclass(frozen=True)
@@ -137,12 +139,16 @@ class CoordinatorApp:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.server = grpc.aio.server(
-            options=CHANNEL_OPTIONS, maximum_concurrent_rpcs=limits.CONCURRENT_RPCS_MAX
+            options=CHANNEL_OPTIONS,
+            maximum_concurrent_rpcs=limits.CONCURRENT_RPCS_MAX,
+            interceptors=service_auth.server_interceptors(config.cluster_secret),
         )
         port = self.server.add_insecure_port(config.listen)
         host = config.listen.rpartition(":")[0] or "127.0.0.1"
         self.address = f"{host}:{port}"
-        self.directory = ShardDirectory(config.etcd)
+        self.directory = ShardDirectory(
+            config.etcd, service_auth.channel_interceptors(config.cluster_secret, config.coordinator_id)
+        )
         self.election = Election(config.etcd, config.coordinator_id, self.address)
         self.shards = Shards(self.directory, self.election, Deadlines())
         self.twopc = TwoPhaseCommit(self.shards, self.election)

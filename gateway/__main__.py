@@ -6,7 +6,7 @@ import argparse
 import asyncio
 
 from gateway.server import GatewayConfig, serve
-from shardbank import logs
+from shardbank import logs, service_auth
 
 
 def parse_args(argv: list[str] | None = None) -> GatewayConfig:
@@ -19,15 +19,24 @@ def parse_args(argv: list[str] | None = None) -> GatewayConfig:
     parser.add_argument(
         "--http-listen", default="", help="host:port for the HTTP/JSON API (e.g. 127.0.0.1:8080); empty: none"
     )
+    service_auth.add_secret_argument(parser)
     args = parser.parse_args(argv)
+    logs.configure("gateway")
+    try:
+        secret = service_auth.load_cluster_secret(args.cluster_secret_file, args.id)
+    except service_auth.SecretError as exc:
+        parser.error(str(exc))
     return GatewayConfig(
-        gateway_id=args.id, listen=args.listen, etcd_endpoint=args.etcd, http_listen=args.http_listen
+        gateway_id=args.id,
+        listen=args.listen,
+        etcd_endpoint=args.etcd,
+        http_listen=args.http_listen,
+        cluster_secret=secret,
     )
 
 
 def main(argv: list[str] | None = None) -> None:
     config = parse_args(argv)
-    logs.configure("gateway")
     asyncio.run(serve(config))
 
 

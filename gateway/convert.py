@@ -4,18 +4,32 @@ from __future__ import annotations
 
 import grpc
 
-from shardbank import errors
+from gateway.auth import permissions, principal
+from shardbank import errors, identity
 from shardbank.v1 import ledger_pb2, types_pb2
 
 
-def public_account(account: types_pb2.Account) -> types_pb2.Account:
+def public_account(account: types_pb2.Account, reveal_identity: bool | None = None) -> types_pb2.Account:
     """The account as the public API shows it.
 
-    Every account leaving the gateway goes through here: holder details are
-    returned unmasked for now; role-based masking belongs in this function.
+    Every account leaving the gateway goes through here. The holder's ID
+    number and phone are masked (`shardbank.identity`) unless the caller's
+    role may see them (`permissions.UNMASKED_ROLES`: teller, auditor, admin,
+    service); a customer gets its own masked too, because replies end up in
+    app logs and screenshots. `reveal_identity=None` decides by the caller
+    bound for this RPC; with no caller at all (no authentication installed:
+    in-process tests) nothing is masked.
     """
     shown = types_pb2.Account()
     shown.CopyFrom(account)
+    if reveal_identity is None:
+        caller = principal.current()
+        reveal_identity = caller is None or permissions.reveals_identity(caller.role)
+    if not reveal_identity:
+        if shown.holder.id_number:
+            shown.holder.id_number = identity.mask_id_number(shown.holder.id_number)
+        if shown.holder.phone:
+            shown.holder.phone = identity.mask_phone(shown.holder.phone)
     return shown
 
 

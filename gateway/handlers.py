@@ -14,6 +14,8 @@ import grpc
 import structlog
 
 from gateway import convert, dispatch, plans, routing, validation
+from gateway.auth import guard
+from gateway.auth.principal import Principal
 from gateway.dispatch import Budget
 from gateway.upstream import Cluster, downstream_error, unavailable
 from shardbank import errors, ids, slots
@@ -63,13 +65,30 @@ def reject_account(_item: object, error: errors.BankError) -> ledger_pb2.Account
 
 
 class BankHandlers:
-    def __init__(self, cluster: Cluster, gateway_id: str) -> None:
+    """`auth=None` serves without authorization (in-process tests only; the
+    gateway process always installs it, see `gateway.server`)."""
+
+    def __init__(self, cluster: Cluster, gateway_id: str, auth: guard.Auth | None = None) -> None:
         self._cluster = cluster
         self._default_actor = f"gateway:{gateway_id}"
+        self._auth = auth
 
-    def _actor(self, given: str) -> str:
+    def _caller(self) -> Principal | None:
+        return None if self._auth is None else self._auth.caller()
+
+    def _actor(self, given: str, caller: Principal | None = None) -> str:
+        """Who the node records: the API key when there is one (a client's
+        own `actor` text is unverified), else the client's or the gateway's."""
         validation.check_actor(given)
+        if caller is not None:
+            return f"{caller.role}:{caller.key_id}"
         return given or self._default_actor
+
+    async def _audit(
+        self, caller: Principal | None, action: str, outcomes: list[tuple[str, int, str]]
+    ) -> None:
+        if self._auth is not None and caller is not None:
+            await self._auth.record(caller, action, outcomes)
 
     # Accounts.
 
@@ -77,11 +96,16 @@ class BankHandlers:
         self, request: bank_pb2.OpenAccountsRequest, budget: Budget
     ) -> ledger_pb2.AccountsResponse:
         validation.check_batch(request.accounts)
+        caller = self._caller()
         results, indices, clean = split_valid(request.accounts, validation.check_open, reject_account)
+        guard.check_open(caller, clean)
         for account in clean:
             account.id = ids.new_account_id()
-        plan = plans.OpenPlan(self._cluster, self._default_actor)
+        plan = plans.OpenPlan(self._cluster, self._actor("", caller))
         routed = await dispatch.dispatch(clean, plan, self._cluster, budget)
+        await self._audit(
+            caller, guard.ACCOUNT_OPEN, [(str(r.account.id or ""), r.code, r.reason) for r in routed]
+        )
         opened = [r.account.id for r in routed if r.code == 0]
         log.info(
             "accounts_opened",
@@ -95,7 +119,8 @@ class BankHandlers:
         self, request: ledger_pb2.UpdateContactsRequest, budget: Budget
     ) -> ledger_pb2.AccountsResponse:
         validation.check_batch(request.updates)
-        actor = self._actor(request.actor)
+        caller = self._caller()
+        actor = self._actor(request.actor, caller)
         results, indices, clean = split_valid(
             request.updates, validation.check_contact_update, reject_account
         )
@@ -109,6 +134,11 @@ class BankHandlers:
             return reply
 
         routed = await dispatch.dispatch(clean, plans.AccountPlan(self._cluster, call), self._cluster, budget)
+        await self._audit(
+            caller,
+            guard.ACCOUNT_UPDATE_CONTACTS,
+            [(str(u.account_id), r.code, r.reason) for u, r in zip(clean, routed, strict=True)],
+        )
         log.info("contacts_updated", items=len(request.updates), actor=actor)
         return ledger_pb2.AccountsResponse(results=merge(results, indices, routed))
 
@@ -116,7 +146,9 @@ class BankHandlers:
         self, request: ledger_pb2.ChangeStatusRequest, budget: Budget
     ) -> ledger_pb2.AccountsResponse:
         validation.check_batch(request.items)
-        actor = self._actor(request.actor)
+        caller = self._caller()
+        guard.check_status_actions(caller, request.items)
+        actor = self._actor(request.actor, caller)
         results, indices, clean = split_valid(request.items, validation.check_status_item, reject_account)
 
         async def call(
@@ -128,6 +160,9 @@ class BankHandlers:
             return reply
 
         routed = await dispatch.dispatch(clean, plans.AccountPlan(self._cluster, call), self._cluster, budget)
+        for item, result in zip(clean, routed, strict=True):
+            action = guard.STATUS_ACTIONS.get(item.action, "account.status")
+            await self._audit(caller, action, [(str(item.account_id), result.code, result.reason)])
         log.info(
             "status_changed",
             items=len(request.items),
@@ -137,7 +172,21 @@ class BankHandlers:
         return ledger_pb2.AccountsResponse(results=merge(results, indices, routed))
 
     async def get_account(self, request: bank_pb2.GetAccountRequest, budget: Budget) -> types_pb2.Account:
-        account_id = request.account_id
+        caller = self._caller()
+        account = await self._stored_account(request.account_id, budget)
+        if not guard.owns(caller, account):
+            raise guard.not_found()
+        return convert.public_account(account)
+
+    async def _owned_or_not_found(self, caller: Principal | None, account_id: int, budget: Budget) -> None:
+        """A customer's own account, else NOT_FOUND; no read for other roles."""
+        if guard.is_customer(caller) and not guard.owns(
+            caller, await self._stored_account(account_id, budget)
+        ):
+            raise guard.not_found()
+
+    async def _stored_account(self, account_id: int, budget: Budget) -> types_pb2.Account:
+        """The account as the node has it (unmasked: never returned as is)."""
         validation.check_lookup_account_id(account_id)
 
         async def call(node: ledger_pb2_grpc.LedgerNodeStub, timeout_s: float) -> types_pb2.Account:
@@ -148,7 +197,7 @@ class BankHandlers:
                 raise errors.BankError(grpc.StatusCode.INTERNAL, errors.INTERNAL, "node answered no result")
             result = reply.results[0]
             if result.code == 0:
-                return convert.public_account(result.account)
+                return result.account
             if errors.status_code(result.code) == grpc.StatusCode.NOT_FOUND:
                 raise errors.not_found(errors.ACCOUNT_NOT_FOUND, "no such account")
             raise plans.outcome_error(result.code, result.reason, result.message)
@@ -159,6 +208,7 @@ class BankHandlers:
         self, request: ledger_pb2.ListHistoryRequest, budget: Budget
     ) -> ledger_pb2.ListHistoryResponse:
         clean = validation.check_history_request(request)
+        await self._owned_or_not_found(self._caller(), clean.account_id, budget)
 
         async def call(
             node: ledger_pb2_grpc.LedgerNodeStub, timeout_s: float
@@ -204,13 +254,58 @@ class BankHandlers:
         self, request: bank_pb2.SubmitTransfersRequest, budget: Budget
     ) -> ledger_pb2.TransfersResponse:
         validation.check_batch(request.transfers)
+        caller = self._caller()
+        guard.check_transfer_kinds(caller, request.transfers)
         results, indices, clean = split_valid(
             request.transfers, validation.check_transfer, convert.rejected_transfer
         )
+        if guard.is_customer(caller):
+            indices, clean = await self._customer_debits(caller, results, indices, clean, budget)
         routed = await dispatch.dispatch(clean, plans.TransferPlan(self._cluster), self._cluster, budget)
         outcomes = merge(results, indices, routed)
+        await self._audit_money(caller, outcomes)
         self._log_transfers(outcomes)
         return ledger_pb2.TransfersResponse(transfers=outcomes)
+
+    async def _customer_debits(
+        self,
+        caller: Principal | None,
+        results: list[types_pb2.Transfer | None],
+        indices: list[int],
+        clean: list[types_pb2.Transfer],
+        budget: Budget,
+    ) -> tuple[list[int], list[types_pb2.Transfer]]:
+        """A customer moves money out of its own accounts only: an item
+        debiting another's is refused as ACCOUNT_NOT_FOUND (REJECTED, nothing
+        recorded), exactly like an account that does not exist."""
+        owned: dict[int, bool] = {}
+        for debit in sorted({t.debit_account_id for t in clean}):
+            try:
+                owned[debit] = guard.owns(caller, await self._stored_account(debit, budget))
+            except errors.BankError as error:
+                if error.code != grpc.StatusCode.NOT_FOUND:
+                    raise
+                owned[debit] = False
+        kept_indices: list[int] = []
+        kept: list[types_pb2.Transfer] = []
+        for index, transfer in zip(indices, clean, strict=True):
+            if owned[transfer.debit_account_id]:
+                kept_indices.append(index)
+                kept.append(transfer)
+            else:
+                results[index] = convert.rejected_transfer(transfer, guard.not_found())
+        return kept_indices, kept
+
+    async def _audit_money(self, caller: Principal | None, outcomes: list[types_pb2.Transfer]) -> None:
+        for kind, action in guard.MONEY_ACTIONS.items():
+            records = [
+                (str(o.credit_account_id if kind == types_pb2.TRANSFER_KIND_DEPOSIT else o.debit_account_id),
+                 o.code, o.reason)
+                for o in outcomes
+                if o.kind == kind
+            ]  # fmt: skip
+            if records:
+                await self._audit(caller, action, records)
 
     def _log_transfers(self, outcomes: list[types_pb2.Transfer]) -> None:
         refused = [o for o in outcomes if o.code != 0]
@@ -252,11 +347,28 @@ class BankHandlers:
             await asyncio.sleep(wait_s)
         picked = routing.pick_transfer(answers, self._cluster.owner)
         if picked is not None:
+            await self._check_transfer_visible(picked, budget)
             return picked
         if waiting:
             raise unavailable(
                 errors.SHARD_UNAVAILABLE, f"{len(waiting)} shard(s) did not answer; the transfer may be there"
             )
+        raise errors.not_found(errors.TRANSFER_NOT_FOUND, "no shard knows this transfer id")
+
+    async def _check_transfer_visible(self, transfer: types_pb2.Transfer, budget: Budget) -> None:
+        """A customer sees a transfer only when one side is its account."""
+        caller = self._caller()
+        if not guard.is_customer(caller):
+            return
+        for account_id in (transfer.debit_account_id, transfer.credit_account_id):
+            if not ids.is_customer_account_id(account_id):
+                continue
+            try:
+                if guard.owns(caller, await self._stored_account(account_id, budget)):
+                    return
+            except errors.BankError as error:
+                if error.code != grpc.StatusCode.NOT_FOUND:
+                    raise
         raise errors.not_found(errors.TRANSFER_NOT_FOUND, "no shard knows this transfer id")
 
     async def _find(

@@ -1,5 +1,6 @@
 """The gateway process: a grpc.aio server of `Bank` + health + reflection,
-registered in etcd under a lease.
+registered in etcd under a lease. Every `Bank` call passes the
+authentication interceptor (`gateway.auth`); health and reflection do not.
 
 `create_gateway()` builds everything and binds the port (port 0 picks a free
 one: tests use that); `Gateway.start()` serves, `Gateway.stop()` shuts down
@@ -12,7 +13,7 @@ import asyncio
 import contextlib
 import os
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -21,10 +22,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from gateway.auth.admin import AdminHandlers, AuthBankServicer
+from gateway.auth.audit import AuditLog
+from gateway.auth.guard import Auth
+from gateway.auth.interceptor import AuthInterceptor
+from gateway.auth.keys import KeyCache
 from gateway.handlers import BankHandlers
-from gateway.service import BankServicer
 from gateway.upstream import Cluster
-from shardbank import limits, meta
+from shardbank import limits, meta, service_auth
 from shardbank.v1 import bank_pb2, bank_pb2_grpc
 
 log = structlog.get_logger("gateway.server")
@@ -48,11 +53,16 @@ class GatewayConfig:
     etcd_endpoint: str
     # host:port of the HTTP/JSON API; empty: no HTTP.
     http_listen: str = ""
+    # Signs calls to nodes and the coordinator (service_auth); b"": unsigned.
+    cluster_secret: bytes = field(default=b"", repr=False)
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig, server: grpc.aio.Server, port: int, cluster: Cluster) -> None:
+    def __init__(
+        self, config: GatewayConfig, server: grpc.aio.Server, port: int, cluster: Cluster, auth: Auth
+    ) -> None:
         self.config = config
+        self._auth = auth
         self.port = port
         host = config.listen.rpartition(":")[0] or "127.0.0.1"
         self.address = f"{host}:{port}"
@@ -94,6 +104,8 @@ class Gateway:
         if self._http is not None:
             await self._http.cleanup()
         await self._server.stop(grace_s)
+        await self._auth.keys.close()
+        self._auth.audit.close()
         await self._cluster.close()
         log.info("gateway_stopped", gateway_id=self.config.gateway_id)
 
@@ -119,19 +131,31 @@ class Gateway:
 
 async def create_gateway(config: GatewayConfig) -> Gateway:
     """Everything built and the port bound; nothing served until `start()`."""
-    cluster = Cluster(config.etcd_endpoint)
+    cluster = Cluster(
+        config.etcd_endpoint, service_auth.channel_interceptors(config.cluster_secret, config.gateway_id)
+    )
     await cluster.start()
-    server = grpc.aio.server(options=SERVER_OPTIONS, maximum_concurrent_rpcs=limits.CONCURRENT_RPCS_MAX)
-    bank_pb2_grpc.add_BankServicer_to_server(BankServicer(BankHandlers(cluster, config.gateway_id)), server)
+    auth = Auth(KeyCache(config.etcd_endpoint), AuditLog(config.etcd_endpoint))
+    await auth.keys.start()
+    server = grpc.aio.server(
+        options=SERVER_OPTIONS,
+        maximum_concurrent_rpcs=limits.CONCURRENT_RPCS_MAX,
+        interceptors=[AuthInterceptor(auth.keys)],
+    )
+    servicer = AuthBankServicer(
+        BankHandlers(cluster, config.gateway_id, auth), AdminHandlers(config.etcd_endpoint, auth)
+    )
+    bank_pb2_grpc.add_BankServicer_to_server(servicer, server)
     reflection.enable_server_reflection(
         (BANK_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
     )
     port = server.add_insecure_port(config.listen)
     if port == 0:
+        await auth.keys.close()
         await cluster.close()
         raise OSError(f"cannot listen on {config.listen}")
-    return Gateway(config, server, port, cluster)
+    return Gateway(config, server, port, cluster, auth)
 
 
 async def serve(config: GatewayConfig) -> None:

@@ -6,7 +6,7 @@ leaves here as a `BankError`, UNAVAILABLE when resending may help.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
 import structlog
@@ -73,8 +73,9 @@ class LeaderCache:
     """The coordinator leader's address: read from etcd on first use and after
     a NOT_LEADER (or taken from the refusal's `leader-address` hint)."""
 
-    def __init__(self, etcd_endpoint: str) -> None:
+    def __init__(self, etcd_endpoint: str, interceptors: Sequence[grpc.aio.ClientInterceptor] = ()) -> None:
         self._etcd_endpoint = etcd_endpoint
+        self._interceptors = list(interceptors)
         self._address = ""
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._refresh = SingleFlight(self._read)
@@ -116,7 +117,9 @@ class LeaderCache:
             raise unavailable(errors.NOT_LEADER, "no coordinator leader is elected")
         channel = self._channels.get(address)
         if channel is None:
-            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            channel = grpc.aio.insecure_channel(
+                address, options=CHANNEL_OPTIONS, interceptors=self._interceptors
+            )
             self._channels[address] = channel
         return coordinator_pb2_grpc.CoordinatorStub(channel)
 
@@ -127,11 +130,12 @@ class LeaderCache:
 
 
 class Cluster:
-    """Shards and the coordinator, as the handlers see them."""
+    """Shards and the coordinator, as the handlers see them. `interceptors`
+    go on every channel to them (service tokens)."""
 
-    def __init__(self, etcd_endpoint: str) -> None:
-        self.directory = ShardDirectory(etcd_endpoint)
-        self.leader = LeaderCache(etcd_endpoint)
+    def __init__(self, etcd_endpoint: str, interceptors: Sequence[grpc.aio.ClientInterceptor] = ()) -> None:
+        self.directory = ShardDirectory(etcd_endpoint, interceptors)
+        self.leader = LeaderCache(etcd_endpoint, interceptors)
         self._refresh_map = SingleFlight(self.directory.refresh)
 
     async def start(self) -> None:

@@ -80,8 +80,14 @@ def check_history_request(request: ledger_pb2.ListHistoryRequest) -> ledger_pb2.
 
 
 def check_lookup_account_id(account_id: int) -> None:
-    """GetAccount takes customer and system (cash) accounts."""
+    """GetAccount takes customer and system (cash) accounts. A cash account id
+    ends in the ISO numeric code of a currency we know; any other id below
+    10^15 names no account that can exist (and must not be routed to a shard)."""
     ids.check_account_id(account_id)
+    if ids.is_system_account_id(account_id) and ids.system_account_currency(account_id) is None:
+        raise errors.invalid(
+            errors.INVALID_ACCOUNT_ID, "not a cash account id: shard index * 1000 + a currency's ISO code"
+        )
 
 
 def check_transfer_id_lookup(text: str) -> str:

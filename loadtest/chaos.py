@@ -47,6 +47,8 @@ CURRENCY = "CNY"
 OPENING_DEPOSIT_MINOR = 1_000_000
 # After the load stops: how long in-doubt transfers may take to end.
 RESOLVE_WAIT_S = 60.0
+# Status queries in flight while resolving (each fans out to every shard).
+RESOLVE_CONCURRENCY = 32
 CALL_DEADLINE_S = 5.0
 
 COMMITTED = types_pb2.TRANSFER_STATUS_COMMITTED
@@ -155,7 +157,7 @@ class ChaosRun:
 
     def _open_accounts(self) -> None:
         slots = self._slot_map()
-        bank = BankClient(self.cluster.gateway_address)
+        bank = BankClient(self.cluster.gateway_address, token=self.cluster.admin_token)
         try:
             for i in range(self.config.accounts):
                 first17 = f"1101051990{(i % 12) + 1:02d}{(i % 28) + 1:02d}{i % 1000:03d}"
@@ -185,7 +187,9 @@ class ChaosRun:
         return tuple(self.rng.sample(ids, 2))  # type: ignore[return-value]
 
     async def _client_loop(self, deadline: float) -> None:
-        client = AsyncBankClient(self.cluster.gateway_address, deadline_s=CALL_DEADLINE_S)
+        client = AsyncBankClient(
+            self.cluster.gateway_address, deadline_s=CALL_DEADLINE_S, token=self.cluster.admin_token
+        )
         try:
             while time.monotonic() < deadline:
                 debit, credit = self._pick_pair()
@@ -288,29 +292,9 @@ class ChaosRun:
         # Calls the clients gave up on may still be retried inside the gateway
         # or coordinator until their deadlines pass; let them land first.
         time.sleep(2 * CALL_DEADLINE_S)
-        bank = BankClient(self.cluster.gateway_address)
+        bank = BankClient(self.cluster.gateway_address, token=self.cluster.admin_token)
         try:
-            deadline = time.monotonic() + RESOLVE_WAIT_S
-            pending = list(self.attempts)
-            while pending and time.monotonic() < deadline:
-                still: list[Attempt] = []
-                for attempt in pending:
-                    try:
-                        found = bank.get_transfer(attempt.transfer.id)
-                        status = found.status
-                    except Exception as exc:
-                        if getattr(exc, "reason", "") == "TRANSFER_NOT_FOUND":
-                            status = ABORTED  # never reached a record holder: nothing moved
-                        else:
-                            still.append(attempt)
-                            continue
-                    if status in (COMMITTED, ABORTED):
-                        attempt.final = status
-                    else:
-                        still.append(attempt)
-                pending = still
-                if pending:
-                    time.sleep(0.5)
+            pending = asyncio.run(self._resolve_all(list(self.attempts)))
             for attempt in pending:
                 self.report.violations.append(
                     f"transfer {attempt.transfer.id} still not final after recovery"
@@ -318,6 +302,39 @@ class ChaosRun:
             self._check_balances(bank)
         finally:
             bank.close_channel()
+
+    async def _resolve_all(self, attempts: list[Attempt]) -> list[Attempt]:
+        """Query every transfer's final state, RESOLVE_CONCURRENCY at a time,
+        until all are COMMITTED/ABORTED or RESOLVE_WAIT_S passes; returns the rest."""
+        client = AsyncBankClient(
+            self.cluster.gateway_address, deadline_s=CALL_DEADLINE_S, token=self.cluster.admin_token
+        )
+        gate = asyncio.Semaphore(RESOLVE_CONCURRENCY)
+
+        async def settle(attempt: Attempt) -> bool:
+            async with gate:
+                try:
+                    status = (await client.get_transfer(attempt.transfer.id)).status
+                except Exception as exc:
+                    if getattr(exc, "reason", "") != "TRANSFER_NOT_FOUND":
+                        return False
+                    status = ABORTED  # never reached a record holder: nothing moved
+            if status in (COMMITTED, ABORTED):
+                attempt.final = status
+                return True
+            return False
+
+        deadline = time.monotonic() + RESOLVE_WAIT_S
+        pending = attempts
+        try:
+            while pending and time.monotonic() < deadline:
+                settled = await asyncio.gather(*(settle(a) for a in pending))
+                pending = [a for a, done in zip(pending, settled, strict=True) if not done]
+                if pending:
+                    await asyncio.sleep(0.5)
+        finally:
+            await client.close_channel()
+        return pending
 
     def _check_balances(self, bank: BankClient) -> None:
         expected = dict(self.opening)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -36,8 +37,11 @@ class UnknownShard(Exception):
 
 
 class ShardDirectory:
-    def __init__(self, etcd_endpoint: str) -> None:
+    def __init__(self, etcd_endpoint: str, interceptors: Sequence[grpc.aio.ClientInterceptor] = ()) -> None:
+        """`interceptors` go on every channel to a node (service tokens:
+        `shardbank.service_auth.channel_interceptors`)."""
         self._etcd_endpoint = etcd_endpoint
+        self._interceptors = list(interceptors)
         self._slot_maps = meta.SlotMapWatcher(etcd_endpoint)
         self._lock = threading.Lock()
         self._registry: dict[str, dict[str, Any]] = {}
@@ -94,7 +98,9 @@ class ShardDirectory:
                 closing = asyncio.ensure_future(cached[1].close())
                 self._closing.add(closing)
                 closing.add_done_callback(self._closing.discard)
-            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            channel = grpc.aio.insecure_channel(
+                address, options=CHANNEL_OPTIONS, interceptors=self._interceptors
+            )
             self._channels[shard_id] = (address, channel)
             cached = self._channels[shard_id]
         return ledger_pb2_grpc.LedgerNodeStub(cached[1])

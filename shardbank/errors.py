@@ -60,6 +60,8 @@ SHARD_UNAVAILABLE = "SHARD_UNAVAILABLE"
 BATCH_TOO_LARGE = "BATCH_TOO_LARGE"
 BATCH_EMPTY = "BATCH_EMPTY"
 OVERLOADED = "OVERLOADED"
+# A service-to-service call without a valid token (shardbank.service_auth).
+SERVICE_UNAUTHENTICATED = "SERVICE_UNAUTHENTICATED"
 INTERNAL = "INTERNAL"
 
 _CODE_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}

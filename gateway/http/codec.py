@@ -13,7 +13,10 @@ field printed (a zero balance shows as "0", not as a missing key).
 
 from __future__ import annotations
 
+import decimal
 import json
+import math
+import re
 from collections.abc import Collection
 from typing import Any, TypeVar
 
@@ -67,11 +70,22 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
             http_status=415,
         )
     try:
-        value = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys, parse_constant=_no_nan)
+        value = json.loads(
+            raw.decode("utf-8"),
+            object_pairs_hook=_no_duplicate_keys,
+            parse_constant=_no_nan,
+            parse_float=_exact_float,
+        )
+    except _InexactNumber as exc:
+        raise invalid_body(str(exc)) from None
     except (UnicodeDecodeError, ValueError) as exc:
         raise errors.invalid(
             MALFORMED_JSON, f"the body is not valid JSON: {exc}"[:_ERROR_MESSAGE_LENGTH_MAX]
         ) from None
+    except RecursionError:
+        # json's scanner recurses per nesting level: [[[[...]]]] in 1 MiB is
+        # far deeper than any body of ours, and must not be a 500.
+        raise errors.invalid(MALFORMED_JSON, "the body is nested too deeply") from None
     if not isinstance(value, dict):
         raise invalid_body("the body must be a JSON object")
     return value
@@ -84,6 +98,7 @@ def parse_message(value: dict[str, Any], target: M, allowed: Collection[str] | N
     (None: all of them).
     """
     fields = _fields_by_json_key(target.DESCRIPTOR)
+    _check_integers(value, target.DESCRIPTOR)
     for key in value:
         field = fields.get(key)
         if field is None:
@@ -138,3 +153,55 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _no_nan(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+class _InexactNumber(ValueError):
+    pass
+
+
+def _exact_float(text: str) -> float:
+    """A JSON number with a fraction or exponent, kept only when the float is
+    exactly that number: 100.0000000000000001 would otherwise become 100.0 and
+    pass as the integer 100 (and a 16-digit account id could turn into a
+    neighbour's). No field of the API is a float, so nothing exact is lost."""
+    value = float(text)
+    if not math.isfinite(value) or decimal.Decimal(text) != decimal.Decimal(value):
+        raise _InexactNumber(f"the number {text[:40]} cannot be represented exactly")
+    return value
+
+
+_INTEGER_TYPES = frozenset(
+    {
+        descriptor.FieldDescriptor.TYPE_INT64,
+        descriptor.FieldDescriptor.TYPE_UINT64,
+        descriptor.FieldDescriptor.TYPE_SINT64,
+        descriptor.FieldDescriptor.TYPE_FIXED64,
+        descriptor.FieldDescriptor.TYPE_SFIXED64,
+        descriptor.FieldDescriptor.TYPE_INT32,
+        descriptor.FieldDescriptor.TYPE_UINT32,
+        descriptor.FieldDescriptor.TYPE_SINT32,
+        descriptor.FieldDescriptor.TYPE_FIXED32,
+        descriptor.FieldDescriptor.TYPE_SFIXED32,
+    }
+)
+# What the OpenAPI document promises for 64-bit integers as strings. json_format
+# alone also reads "1e3", "+100", "1_000", "١٠٠" and "100.0000000000000001"
+# (the last through float(), silently dropping the fraction).
+_INTEGER_TEXT = re.compile(r"-?[0-9]+")
+
+
+def _check_integers(value: Any, desc: Any) -> None:
+    """Integer fields given as strings must be plain decimal digits (nested too)."""
+    if not isinstance(value, dict):
+        return  # ParseDict refuses a non-object where a message belongs
+    fields = _fields_by_json_key(desc)
+    for key, item in value.items():
+        field = fields.get(key)
+        if field is None:
+            continue  # unknown fields are refused by the caller / ParseDict
+        items = item if _is_repeated(field) and isinstance(item, list) else [item]
+        for one in items:
+            if field.message_type is not None and not field.message_type.GetOptions().map_entry:
+                _check_integers(one, field.message_type)
+            elif field.type in _INTEGER_TYPES and isinstance(one, str) and not _INTEGER_TEXT.fullmatch(one):
+                raise invalid_body(f"{field.name} must be an integer in decimal digits, got {one[:40]!r}")

@@ -17,6 +17,8 @@ from aiohttp import web
 from google.protobuf import descriptor
 from grpc_health.v1 import health_pb2
 
+from gateway.auth import audit as auth_audit
+from gateway.auth import http as auth_http
 from gateway.http import handlers, limits, meta
 from gateway.http.errors import INVALID_QUERY
 from gateway.http.handlers import Handler
@@ -169,6 +171,76 @@ def _status_route(verb: str, action: ledger_pb2.StatusAction.ValueType) -> Route
     )
 
 
+KEY_ID = Param(
+    "key_id", "path", {"type": "string", "pattern": "^[0-9a-f]{12}$"}, "the API key's id", required=True
+)
+AUDIT_PAGE_SIZE = Param(
+    "page_size",
+    "query",
+    {"type": "integer", "minimum": 1, "maximum": auth_audit.PAGE_SIZE_MAX},
+    "records per page; absent -> the server default",
+)
+AUDIT_FILTER_PARAMS = tuple(
+    Param(name, "query", {"type": "string", "maxLength": 64}, f"only records with this {name}")
+    for name in auth_http.AUDIT_FILTERS
+)
+_API_KEY = bank_pb2.ApiKey.DESCRIPTOR
+
+AUTH_ROUTES: tuple[Route, ...] = (
+    Route(
+        "POST",
+        "/v1/keys",
+        "createApiKey",
+        "Create an API key",
+        "Role admin. The reply's token (sbk_<key id>_<secret>) is shown once; only a hash is kept. "
+        "customer_id is required for role customer and refused for the others.",
+        auth_http.create_key,
+        (Reply(201, "created", bank_pb2.CreateApiKeyResponse.DESCRIPTOR),),
+        "keys",
+        body=Body(
+            bank_pb2.CreateApiKeyRequest.DESCRIPTOR,
+            "CreateApiKeyRequest",
+            None,
+            {"role": "customer", "customer_id": "cust-42"},
+        ),
+        errors=(413, 415),
+    ),
+    Route(
+        "DELETE",
+        "/v1/keys/{key_id}",
+        "revokeApiKey",
+        "Revoke an API key",
+        "Role admin. Takes effect at once on this gateway and within about a second on the others.",
+        auth_http.revoke_key,
+        (Reply(200, "revoked", _API_KEY),),
+        "keys",
+        params=(KEY_ID,),
+        errors=(404,),
+    ),
+    Route(
+        "GET",
+        "/v1/keys",
+        "listApiKeys",
+        "List API keys",
+        "Roles admin, auditor. Ids, roles and state; never secrets or hashes.",
+        auth_http.list_keys,
+        (Reply(200, "the keys", bank_pb2.ListApiKeysResponse.DESCRIPTOR),),
+        "keys",
+    ),
+    Route(
+        "GET",
+        "/v1/audit",
+        "listAudit",
+        "The audit log of privileged actions",
+        "Roles admin, auditor. Newest first; hash-chained (each record's prev_hash is the previous "
+        "record's hash).",
+        auth_http.list_audit,
+        (Reply(200, "one page", bank_pb2.ListAuditResponse.DESCRIPTOR),),
+        "audit",
+        params=(AUDIT_PAGE_SIZE, PAGE_TOKEN, *AUDIT_FILTER_PARAMS),
+    ),
+)
+
 ROUTES: tuple[Route, ...] = (
     Route(
         "POST",
@@ -305,6 +377,7 @@ ROUTES: tuple[Route, ...] = (
         (Reply(200, "the cluster", bank_pb2.ClusterInfo.DESCRIPTOR),),
         "cluster",
     ),
+    *AUTH_ROUTES,
     Route(
         "GET",
         "/healthz",

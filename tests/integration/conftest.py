@@ -29,7 +29,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 @pytest.fixture(scope="module")
 def client(cluster: LocalCluster) -> Iterator[BankClient]:
-    bank = BankClient(cluster.gateway_address)
+    bank = BankClient(cluster.gateway_address, token=cluster.admin_token)
     try:
         yield bank
     finally:

@@ -14,7 +14,7 @@ import pytest
 from clients.client import BankClient
 from clients.errors import ShardbankError
 from clients.local_cluster import LocalCluster
-from shardbank import meta
+from shardbank import meta, service_auth
 from shardbank.v1 import ledger_pb2, ledger_pb2_grpc, types_pb2
 from tests.integration.helpers import balance, open_on_shard
 
@@ -114,7 +114,8 @@ def _node(cluster: LocalCluster, shard_id: str) -> tuple[grpc.Channel, ledger_pb
         address = meta.list_shards(client)[shard_id]["address"]
     finally:
         client.close()
-    channel = grpc.insecure_channel(address)
+    # Calls straight to a node need a service token, as the coordinator's do.
+    channel = service_auth.signed_channel(address, cluster.cluster_secret, "test")
     return channel, ledger_pb2_grpc.LedgerNodeStub(channel)
 
 
@@ -167,7 +168,7 @@ def _wait_final(client: BankClient, transfer_id: str) -> int:
 
 def test_leader_failover_resolves_in_doubt_transfers(failover_cluster: LocalCluster) -> None:
     cluster = failover_cluster
-    client = BankClient(cluster.gateway_address)
+    client = BankClient(cluster.gateway_address, token=cluster.admin_token)
     alice = open_on_shard(client, cluster, "shard-1")
     bob = open_on_shard(client, cluster, "shard-2")
     client.deposit(alice.id, 10_000, "CNY")

@@ -40,7 +40,7 @@ def small_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
 
 
 def test_acknowledged_deposits_survive_kill_9(small_cluster: LocalCluster) -> None:
-    setup = BankClient(small_cluster.gateway_address)
+    setup = BankClient(small_cluster.gateway_address, token=small_cluster.admin_token)
     account = open_on_shard(setup, small_cluster, "shard-1")
     acknowledged: list[tuple[str, int]] = []
     unknown: list[tuple[str, int]] = []
@@ -48,7 +48,7 @@ def test_acknowledged_deposits_survive_kill_9(small_cluster: LocalCluster) -> No
     stop = threading.Event()
 
     def deposit_stream(worker: int) -> None:
-        bank = BankClient(small_cluster.gateway_address, deadline_s=2.0)
+        bank = BankClient(small_cluster.gateway_address, deadline_s=2.0, token=small_cluster.admin_token)
         amount = worker + 1
         try:
             while not stop.is_set():
@@ -115,7 +115,7 @@ def test_acknowledged_deposits_survive_kill_9(small_cluster: LocalCluster) -> No
 
 
 def test_tampered_journal_fails_verify(small_cluster: LocalCluster) -> None:
-    bank = BankClient(small_cluster.gateway_address)
+    bank = BankClient(small_cluster.gateway_address, token=small_cluster.admin_token)
     account = open_on_shard(bank, small_cluster, "shard-2")
     for amount in (100, 200, 300):
         bank.deposit(account.id, amount, "CNY")

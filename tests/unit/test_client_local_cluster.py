@@ -104,7 +104,8 @@ def test_missing_etcd_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_ports_with_a_base_port(tmp_path: Path) -> None:
     cluster = LocalCluster(
-        tmp_path, shards=3, coordinators=2, base_port=50051, etcd_port=2379, gateway_port=50051, http_port=8080
+        tmp_path, shards=3, coordinators=2, base_port=50051, etcd_port=2379, gateway_port=50051,
+        http_port=8080,
     )
     assert cluster.gateway_address == "127.0.0.1:50051"
     assert cluster.node_addresses == {f"shard-{i}": f"127.0.0.1:{50060 + i}" for i in (1, 2, 3)}
@@ -116,9 +117,11 @@ def test_ports_with_a_base_port(tmp_path: Path) -> None:
     assert node_argv[1:] == (
         "-m", "ledger_node", "--shard-id", "shard-2", "--listen", "127.0.0.1:50062",
         "--data-dir", str(tmp_path.resolve() / "shard-2"), "--etcd", "127.0.0.1:2379",
+        "--cluster-secret-file", str(tmp_path.resolve() / "cluster.secret"),
     )  # fmt: skip
     assert cluster.spec("gw-1").argv[1:] == (
         "-m", "gateway", "--id", "gw-1", "--listen", "127.0.0.1:50051", "--etcd", "127.0.0.1:2379",
+        "--cluster-secret-file", str(tmp_path.resolve() / "cluster.secret"),
         "--http-listen", "127.0.0.1:8080",
     )  # fmt: skip
     assert cluster.http_address == "127.0.0.1:8080"
