@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 
 from gateway.auth import permissions, principal
-from shardbank import errors, identity
+from shardbank import errors, identity, ids, limits
 from shardbank.v1 import ledger_pb2, types_pb2
 
 
@@ -58,9 +58,19 @@ def _echo(transfer: types_pb2.Transfer) -> types_pb2.Transfer:
     )
 
 
+def _fits(text: str, length_max: int) -> str:
+    """The text when the reply schema allows it, else empty (never echo junk back)."""
+    return text if len(text) <= length_max and text.isprintable() else ""
+
+
 def rejected_transfer(transfer: types_pb2.Transfer, error: errors.BankError) -> types_pb2.Transfer:
-    """Refused at the edge: nothing recorded, the id stays free."""
+    """Refused at the edge: nothing recorded, the id stays free. Input that
+    broke a limit is not echoed, so the reply still matches its schema."""
     outcome = _echo(transfer)
+    outcome.id = _fits(outcome.id, ids.TRANSFER_ID_LENGTH_MAX)
+    outcome.currency = _fits(outcome.currency, 3)
+    outcome.memo = _fits(outcome.memo, limits.MEMO_LENGTH_MAX)
+    outcome.reference = _fits(outcome.reference, limits.REFERENCE_LENGTH_MAX)
     outcome.status = types_pb2.TRANSFER_STATUS_REJECTED
     outcome.code = error.code_value
     outcome.reason = error.reason

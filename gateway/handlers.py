@@ -226,6 +226,12 @@ class BankHandlers:
     ) -> T:
         """One read at the account's shard; re-routed after SLOT_MOVED, resent after UNAVAILABLE."""
         error = unavailable(errors.SHARD_UNAVAILABLE, "no shard answered in time")
+        if ids.is_system_account_id(account_id) and (
+            routing.system_account_shard(account_id) not in self._cluster.slot_map.shard_ids()
+        ):
+            # The cash account of a shard the cluster does not have: it does not
+            # exist (404), not "try again later" (503).
+            raise errors.not_found(errors.ACCOUNT_NOT_FOUND, "no such account")
         for round_index in range(dispatch.ATTEMPTS_MAX):
             target: routing.Target | None = None
             try:

@@ -244,6 +244,13 @@ async def submit_batch(request: web.Request) -> web.StreamResponse:
         raise errors.invalid(INVALID_HEADER, "a batch carries one id per transfer, not an Idempotency-Key")
     body = await codec.read_json_object(request)
     _check_batch_length(body)
+    items = body.get("transfers")
+    if isinstance(items, list):
+        # Like the single routes, a batch item may set only input fields (and
+        # its kind): a client must not believe it set `status` or `code`.
+        for item in items:
+            if isinstance(item, dict):
+                codec.parse_message(item, types_pb2.Transfer(), (*TRANSFER_INPUT_FIELDS, "kind"))
     batch = codec.parse_message(body, bank_pb2.SubmitTransfersRequest())
     reply: ledger_pb2.TransfersResponse = await call(request, upstream(request).bank.SubmitTransfers, batch)
     return json_response(reply)

@@ -627,12 +627,7 @@ def _send(world: World, case: Case) -> Reply:
 
 
 # Cases that fail because of a product bug not fixed yet (strict: they must fail).
-KNOWN_BUGS = {
-    "get-account-cash-of-unknown-shard": "product bug: a cash account id of a shard that does not exist "
-    "is routed to 'shard-999' and answers 503 SHARD_UNAVAILABLE (retryable) instead of 404",
-    "batch-item-output-field": "product bug: POST /v1/transfers:batch takes the whole Transfer "
-    "(status, code, reason, cross_shard...), silently drops the output fields and applies the item",
-}
+KNOWN_BUGS: dict[str, str] = {}
 
 
 def _params() -> list[Any]:

@@ -104,7 +104,12 @@ def test_missing_etcd_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_ports_with_a_base_port(tmp_path: Path) -> None:
     cluster = LocalCluster(
-        tmp_path, shards=3, coordinators=2, base_port=50051, etcd_port=2379, gateway_port=50051,
+        tmp_path,
+        shards=3,
+        coordinators=2,
+        base_port=50051,
+        etcd_port=2379,
+        gateway_port=50051,
         http_port=8080,
     )
     assert cluster.gateway_address == "127.0.0.1:50051"
