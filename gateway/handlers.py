@@ -303,6 +303,8 @@ class BankHandlers:
         return kept_indices, kept
 
     async def _audit_money(self, caller: Principal | None, outcomes: list[types_pb2.Transfer]) -> None:
+        if caller is None or caller.role not in guard.MONEY_AUDITED_ROLES:
+            return
         for kind, action in guard.MONEY_ACTIONS.items():
             records = [
                 (str(o.credit_account_id if kind == types_pb2.TRANSFER_KIND_DEPOSIT else o.debit_account_id),

@@ -33,6 +33,11 @@ MONEY_ACTIONS = {
     types_pb2.TRANSFER_KIND_DEPOSIT: "money.deposit",
     types_pb2.TRANSFER_KIND_WITHDRAWAL: "money.withdrawal",
 }
+# Cash movements are privileged actions when a person makes them. An internal
+# `service` key moves money in bulk; its record is the ledger's own
+# hash-chained journal, and an etcd audit write per call would put a consensus
+# round trip on every deposit.
+MONEY_AUDITED_ROLES = frozenset({permissions.TELLER, permissions.ADMIN})
 KEY_CREATE = "key.create"
 KEY_REVOKE = "key.revoke"
 

@@ -258,3 +258,17 @@ def test_rate_limit_is_429_with_retry_after(cluster: LocalCluster) -> None:
     assert limited[0].body["reason"] == "RATE_LIMITED"
     assert int(limited[0].headers["Retry-After"]) >= 1
     assert {r.status for r in replies} <= {403, 429}
+
+
+def test_teller_cash_movements_are_audited_service_ones_are_journalled(cluster: LocalCluster) -> None:
+    teller_id, teller = make_key(cluster, "teller")
+    service_id, service = make_key(cluster, "service")
+    account = open_account(cluster, cluster.admin_token)
+    assert deposit(cluster, teller, account["id"], 500).status == 201
+    assert deposit(cluster, service, account["id"], 700).status == 201
+    page = http(cluster, "GET", f"/v1/audit?target={account['id']}&page_size=50", cluster.admin_token).body
+    cash = [(r["action"], r["actor_key_id"]) for r in page["records"] if r["action"].startswith("money.")]
+    assert cash == [("money.deposit", teller_id)]
+    assert service_id not in {r["actor_key_id"] for r in page["records"]}
+    history = http(cluster, "GET", f"/v1/accounts/{account['id']}/transfers", cluster.admin_token).body
+    assert sorted(int(e["transfer"]["amount"]) for e in history["entries"]) == [500, 700]
