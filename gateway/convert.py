@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 
 from gateway.auth import permissions, principal
-from shardbank import errors, identity, ids, limits
+from shardbank import errors, identity, ids, limits, transfer_checks
 from shardbank.v1 import ledger_pb2, types_pb2
 
 
@@ -46,16 +46,7 @@ def failed_account(error: errors.BankError) -> ledger_pb2.AccountResult:
 
 def _echo(transfer: types_pb2.Transfer) -> types_pb2.Transfer:
     """The item's input fields, as given."""
-    return types_pb2.Transfer(
-        id=transfer.id,
-        kind=transfer.kind,
-        debit_account_id=transfer.debit_account_id,
-        credit_account_id=transfer.credit_account_id,
-        amount=transfer.amount,
-        currency=transfer.currency,
-        memo=transfer.memo,
-        reference=transfer.reference,
-    )
+    return transfer_checks.input_fields(transfer)
 
 
 def _fits(text: str, length_max: int) -> str:
