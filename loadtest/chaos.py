@@ -134,6 +134,9 @@ class ChaosRun:
     def __init__(self, config: ChaosConfig) -> None:
         self.config = config
         self.rng = random.Random(config.seed)
+        # Faults draw from their own generator: the client loops share `rng`
+        # in an order that depends on timing, faults must not.
+        self.fault_rng = random.Random(config.seed + 1)
         self.cluster = LocalCluster(config.data_dir, shards=config.shards, coordinators=config.coordinators)
         self.report = ChaosReport()
         self.attempts: list[Attempt] = []
@@ -249,13 +252,18 @@ class ChaosRun:
     async def _fault_loop(self, deadline: float) -> None:
         restarts: list[asyncio.Task[None]] = []
         cfg = self.config
-        faults = ["leader", "leader", "standby", "node", "node", "gateway"]
+        # Shuffled rounds of every kind: each kind is hit at least once per
+        # round, whatever the draw (independent picks could skip one).
+        round_of_faults = ["leader", "leader", "standby", "node", "node", "gateway"]
+        schedule: list[str] = []
         while True:
-            await asyncio.sleep(self.rng.uniform(cfg.fault_gap_min_s, cfg.fault_gap_max_s))
+            await asyncio.sleep(self.fault_rng.uniform(cfg.fault_gap_min_s, cfg.fault_gap_max_s))
             if time.monotonic() >= deadline:
                 break
-            fault = self.rng.choice(faults)
-            pause = self.rng.uniform(cfg.restart_pause_min_s, cfg.restart_pause_max_s)
+            if not schedule:
+                schedule = self.fault_rng.sample(round_of_faults, len(round_of_faults))
+            fault = schedule.pop()
+            pause = self.fault_rng.uniform(cfg.restart_pause_min_s, cfg.restart_pause_max_s)
             alive = {c.name for c in self.cluster.components() if c.alive}
             target: str | None = None
             if fault in ("leader", "standby"):
@@ -265,18 +273,19 @@ class ChaosRun:
                     target = leader if leader in coordinators else None
                 else:
                     standbys = [n for n in coordinators if n != leader]
-                    target = self.rng.choice(standbys) if standbys else None
+                    target = self.fault_rng.choice(standbys) if standbys else None
                 if fault == "leader" and target is not None:
                     self.leader_kills.append(time.monotonic())
                     self.leader_kills_unix_s.append(time.time())
             elif fault == "node":
                 nodes = [n for n in self._names("ledger_node") if n in alive]
-                target = self.rng.choice(nodes) if nodes else None
+                target = self.fault_rng.choice(nodes) if nodes else None
             else:
                 gateways = [n for n in self._names("gateway") if n in alive]
                 target = gateways[0] if gateways else None
                 pause = 0.2
             if target is None:
+                schedule.append(fault)  # nothing to hit right now (e.g. mid-election): next tick
                 continue
             restarts.append(asyncio.create_task(self._kill_and_restart(target, fault, pause)))
         await asyncio.gather(*restarts, return_exceptions=True)
