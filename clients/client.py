@@ -19,8 +19,10 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from types import TracebackType
+from typing import TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from clients import messages, retry
 from clients.aio import AsyncBankClient
@@ -29,6 +31,8 @@ from clients.errors import ShardbankError
 from clients.retry import RetryPolicy
 from shardbank import limits
 from shardbank.v1 import bank_pb2, bank_pb2_grpc, ledger_pb2, types_pb2
+
+R = TypeVar("R")
 
 __all__ = ["AsyncBankClient", "BankClient", "RetryPolicy", "ShardbankError"]
 
@@ -67,6 +71,25 @@ class BankClient:
         if self._owns_channel:
             self._channel.close()
 
+    def _unary(
+        self,
+        rpc: Callable[..., object],
+        request: Message,
+        reply_type: type[R],
+        policy: RetryPolicy | None = None,
+    ) -> R:
+        """One call with this client's deadline and credentials, retried per
+        `policy` (default: the client's; NO_RETRY for calls a resend would repeat).
+        The generated stubs are untyped; `reply_type` types the reply and checks it."""
+
+        def attempt(deadline_s: float) -> R:
+            reply = rpc(request, timeout=deadline_s, metadata=self._metadata)
+            if not isinstance(reply, reply_type):
+                raise TypeError(f"{reply_type.__name__} expected, got {type(reply).__name__}")
+            return reply
+
+        return retry.call(self.retry_policy if policy is None else policy, self.deadline_s, attempt)
+
     # Accounts.
 
     def open_account(
@@ -94,13 +117,7 @@ class BankClient:
     def get_account(self, account_id: int) -> types_pb2.Account:
         request = bank_pb2.GetAccountRequest(account_id=account_id)
 
-        def attempt(deadline_s: float) -> types_pb2.Account:
-            account: types_pb2.Account = self._stub.GetAccount(
-                request, timeout=deadline_s, metadata=self._metadata
-            )
-            return account
-
-        return retry.call(self.retry_policy, self.deadline_s, attempt)
+        return self._unary(self._stub.GetAccount, request, types_pb2.Account)
 
     def update_contact(
         self, account_id: int, phone: str | None = None, name: str | None = None
@@ -199,13 +216,7 @@ class BankClient:
     def get_transfer(self, transfer_id: str) -> types_pb2.Transfer:
         request = bank_pb2.GetTransferRequest(transfer_id=messages.known_transfer_id(transfer_id))
 
-        def attempt(deadline_s: float) -> types_pb2.Transfer:
-            found: types_pb2.Transfer = self._stub.GetTransfer(
-                request, timeout=deadline_s, metadata=self._metadata
-            )
-            return found
-
-        return retry.call(self.retry_policy, self.deadline_s, attempt)
+        return self._unary(self._stub.GetTransfer, request, types_pb2.Transfer)
 
     def history(
         self, account_id: int, page_size: int = limits.HISTORY_PAGE_SIZE_DEFAULT, page_token: str = ""
@@ -214,24 +225,12 @@ class BankClient:
             account_id=account_id, page_size=page_size, page_token=page_token
         )
 
-        def attempt(deadline_s: float) -> ledger_pb2.ListHistoryResponse:
-            page: ledger_pb2.ListHistoryResponse = self._stub.ListHistory(
-                request, timeout=deadline_s, metadata=self._metadata
-            )
-            return page
-
-        return retry.call(self.retry_policy, self.deadline_s, attempt)
+        return self._unary(self._stub.ListHistory, request, ledger_pb2.ListHistoryResponse)
 
     def cluster_info(self) -> bank_pb2.ClusterInfo:
         request = bank_pb2.GetClusterInfoRequest()
 
-        def attempt(deadline_s: float) -> bank_pb2.ClusterInfo:
-            info: bank_pb2.ClusterInfo = self._stub.GetClusterInfo(
-                request, timeout=deadline_s, metadata=self._metadata
-            )
-            return info
-
-        return retry.call(self.retry_policy, self.deadline_s, attempt)
+        return self._unary(self._stub.GetClusterInfo, request, bank_pb2.ClusterInfo)
 
     # API keys and audit (admin; ListApiKeys and ListAudit also auditor).
 
@@ -240,35 +239,17 @@ class BankClient:
         (a resend would create a second key)."""
         request = bank_pb2.CreateApiKeyRequest(role=role, customer_id=customer_id)
 
-        def attempt(deadline_s: float) -> bank_pb2.CreateApiKeyResponse:
-            reply: bank_pb2.CreateApiKeyResponse = self._stub.CreateApiKey(
-                request, timeout=deadline_s, metadata=self._metadata
-            )
-            return reply
-
-        return retry.call(retry.NO_RETRY, self.deadline_s, attempt)
+        return self._unary(self._stub.CreateApiKey, request, bank_pb2.CreateApiKeyResponse, retry.NO_RETRY)
 
     def revoke_api_key(self, key_id: str) -> bank_pb2.ApiKey:
         request = bank_pb2.RevokeApiKeyRequest(key_id=key_id)
 
-        def attempt(deadline_s: float) -> bank_pb2.ApiKey:
-            key: bank_pb2.ApiKey = self._stub.RevokeApiKey(
-                request, timeout=deadline_s, metadata=self._metadata
-            )
-            return key
-
-        return retry.call(self.retry_policy, self.deadline_s, attempt)
+        return self._unary(self._stub.RevokeApiKey, request, bank_pb2.ApiKey)
 
     def list_api_keys(self) -> bank_pb2.ListApiKeysResponse:
         request = bank_pb2.ListApiKeysRequest()
 
-        def attempt(deadline_s: float) -> bank_pb2.ListApiKeysResponse:
-            reply: bank_pb2.ListApiKeysResponse = self._stub.ListApiKeys(
-                request, timeout=deadline_s, metadata=self._metadata
-            )
-            return reply
-
-        return retry.call(self.retry_policy, self.deadline_s, attempt)
+        return self._unary(self._stub.ListApiKeys, request, bank_pb2.ListApiKeysResponse)
 
     def list_audit(
         self,
@@ -287,10 +268,4 @@ class BankClient:
             target=target,
         )
 
-        def attempt(deadline_s: float) -> bank_pb2.ListAuditResponse:
-            reply: bank_pb2.ListAuditResponse = self._stub.ListAudit(
-                request, timeout=deadline_s, metadata=self._metadata
-            )
-            return reply
-
-        return retry.call(self.retry_policy, self.deadline_s, attempt)
+        return self._unary(self._stub.ListAudit, request, bank_pb2.ListAuditResponse)
