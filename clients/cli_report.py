@@ -40,6 +40,8 @@ EXIT_FAILED = 1
 ETCD_DEFAULT = "127.0.0.1:2379"
 REPORTS_DIR = "reports"
 SUMMARY_ROWS_MAX = 20
+SHARD_ADDRESS_WAIT_S = 5.0
+SHARD_ADDRESS_POLL_S = 0.25
 
 
 def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -118,7 +120,13 @@ def _staff_shards(args: argparse.Namespace) -> list[ShardAddress]:
                 exc.message = f"reports need an auditor or admin key ({exc.message})"
             raise
         info = bank.cluster_info()
-    # `up` is the gateway's last look and lags a restart; the node itself answers.
+        # The gateway learns a restarted node's address from etcd a moment
+        # later: ask again for a few seconds before calling a shard unreadable.
+        deadline = time.monotonic() + SHARD_ADDRESS_WAIT_S
+        while any(not s.address for s in info.shards) and time.monotonic() < deadline:
+            time.sleep(SHARD_ADDRESS_POLL_S)
+            info = bank.cluster_info()
+    # `up` is the gateway's last look and lags a restart too; the node itself answers.
     return [ShardAddress(s.shard_id, s.address) for s in info.shards]
 
 
