@@ -41,6 +41,7 @@ ETCD_DEFAULT = "127.0.0.1:2379"
 REPORTS_DIR = "reports"
 SUMMARY_ROWS_MAX = 20
 SHARD_ADDRESS_WAIT_S = 5.0
+IN_DOUBT_MS_MAX = 86_400_000
 SHARD_ADDRESS_POLL_S = 0.25
 
 
@@ -58,11 +59,29 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         sub.add_argument("--out", default="", metavar="DIR", help="default <data-dir>/reports")
         service_auth.add_secret_argument(sub)
         sub.set_defaults(handler=handler)
+        if name == "eod":
+            sub.add_argument(
+                "--in-doubt-ms",
+                type=_in_doubt_ms,
+                default=eod.IN_DOUBT_OLDER_THAN_MS,
+                metavar="MS",
+                help="a 2PC leg prepared longer ago than this is a discrepancy",
+            )
         if name == "aml":
             sub.add_argument("--etcd", default="", metavar="HOST:PORT", help="default from cluster.json")
             sub.add_argument(
                 "--mask-ids", action="store_true", help="mask ID numbers in the files too (stdout always is)"
             )
+
+
+def _in_doubt_ms(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 1 <= value <= IN_DOUBT_MS_MAX:
+        raise argparse.ArgumentTypeError(f"must be 1..{IN_DOUBT_MS_MAX} ms")
+    return value
 
 
 class _Run:
@@ -81,14 +100,14 @@ class _Run:
         self.secret = _secret(args, self.data_dir)
         self.shards = _staff_shards(args)
 
-    def gather(self, *, compare_accounts: bool, check_in_doubt: bool) -> Gathered:
+    def gather(self, *, compare_accounts: bool, in_doubt_older_than_ms: int | None) -> Gathered:
         return gather(
             self.shards,
             self.secret,
             self.window,
             self.cut_ms,
             compare_accounts=compare_accounts,
-            check_in_doubt=check_in_doubt,
+            in_doubt_older_than_ms=in_doubt_older_than_ms,
         )
 
 
@@ -139,7 +158,7 @@ def _etcd_endpoint(args: argparse.Namespace, data_dir: Path) -> str:
 
 def cmd_aml(args: argparse.Namespace) -> int:
     run = _Run(args)
-    found = run.gather(compare_accounts=False, check_in_doubt=False)
+    found = run.gather(compare_accounts=False, in_doubt_older_than_ms=None)
     large = aml.large_value(found.transfers, found.directory, run.window, reveal_ids=not args.mask_ids)
     client = meta.connect(_etcd_endpoint(args, run.data_dir))
     try:
@@ -196,7 +215,7 @@ def _aml_summary(data: dict[str, Any], files: list[Path]) -> str:
 
 def cmd_eod(args: argparse.Namespace) -> int:
     run = _Run(args)
-    found = run.gather(compare_accounts=True, check_in_doubt=True)
+    found = run.gather(compare_accounts=True, in_doubt_older_than_ms=args.in_doubt_ms)
     result = eod.end_of_day(found.scans, found.in_doubt, found.unreadable, run.window, run.cut_ms)
     stem = f"eod-{run.window.date.isoformat()}"
     chart = volume_chart(

@@ -88,10 +88,11 @@ def volume_per_hour(transfers: Sequence[DayTransfer], window: DayWindow) -> dict
     return dict(sorted(hours.items()))
 
 
-def in_doubt_lines(shard: str, legs: Sequence[ledger_pb2.Leg], now_ms: int) -> list[str]:
+def in_doubt_lines(shard: str, legs: Sequence[ledger_pb2.Leg], now_ms: int, older_than_ms: int) -> list[str]:
     return [
         f"{shard} transfer {leg.transfer.id}: {ROLE_NAMES.get(leg.role, 'unknown')} leg PREPARED for "
-        f"{now_ms - leg.prepared_at_unix_ms} ms (prepare timeout {PREPARE_TIMEOUT_MS_DEFAULT} ms)"
+        f"{now_ms - leg.prepared_at_unix_ms} ms (limit {older_than_ms} ms: prepare timeout "
+        f"{PREPARE_TIMEOUT_MS_DEFAULT} ms + sweeps)"
         for leg in legs
     ]
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from clients.reports.day import DayWindow
-from clients.reports.eod import IN_DOUBT_OLDER_THAN_MS, in_doubt_lines
+from clients.reports.eod import in_doubt_lines
 from clients.reports.journal_reader import ShardAddress, ShardReader, unreachable
 from clients.reports.ledger_scan import ShardScan, scan_shard
 from clients.reports.model import DayTransfer, Party
@@ -44,7 +44,7 @@ def gather(
     cut_ms: int,
     *,
     compare_accounts: bool,
-    check_in_doubt: bool,
+    in_doubt_older_than_ms: int | None,
 ) -> Gathered:
     found = Gathered()
     for shard in shards:
@@ -55,9 +55,12 @@ def gather(
             with ShardReader(shard, secret) as reader:
                 scan = scan_shard(reader, window, cut_ms, compare_accounts)
                 found.scans.append(scan)
-                if check_in_doubt:
-                    legs = reader.in_doubt(IN_DOUBT_OLDER_THAN_MS)
-                    found.in_doubt.extend(in_doubt_lines(shard.shard_id, legs, service_auth.wall_clock_ms()))
+                if in_doubt_older_than_ms is not None:
+                    legs = reader.in_doubt(in_doubt_older_than_ms)
+                    now_ms = service_auth.wall_clock_ms()
+                    found.in_doubt.extend(
+                        in_doubt_lines(shard.shard_id, legs, now_ms, in_doubt_older_than_ms)
+                    )
         except grpc.RpcError as error:
             found.unreadable.append(unreachable(shard, error))
             continue

@@ -17,6 +17,7 @@ import datetime as dt
 import json
 import random
 import signal
+import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
@@ -32,9 +33,10 @@ from clients.errors import ShardbankError
 from clients.local_cluster import LocalCluster
 from ledger_node import journal, keys
 from ledger_node.store import Store
-from shardbank import meta
+from shardbank import meta, service_auth
 from shardbank.identity import cn_check_digit
-from shardbank.v1 import types_pb2
+from shardbank.v1 import ledger_pb2, ledger_pb2_grpc, types_pb2
+from tests.integration.helpers import slot_map
 
 pytestmark = pytest.mark.integration
 
@@ -445,3 +447,47 @@ def test_holder_country_is_validated_and_kept_over_grpc_http_and_cli(
     assert json.loads(capsys.readouterr().out)["holder"]["country"] == "HK"
     assert cli.main(["Hong Kong" if arg == "hk" else arg for arg in argv]) == 2
     assert "INVALID_COUNTRY" in capsys.readouterr().err
+
+
+def _in_doubt(cluster: LocalCluster, shard: str) -> list[ledger_pb2.Leg]:
+    with service_auth.signed_channel(cluster.address(shard), cluster.cluster_secret, "test") as channel:
+        stub = ledger_pb2_grpc.LedgerNodeStub(channel)
+        reply = stub.ListInDoubt(ledger_pb2.ListInDoubtRequest(older_than_ms=0, limit=100), timeout=10)
+    return list(reply.legs)
+
+
+def test_eod_names_a_2pc_leg_left_prepared(cluster: LocalCluster, day: Day, tmp_path: Path) -> None:
+    slots = slot_map(cluster)
+    debit = next(a for a, h in day.holders.items() if h.currency == "CNY" and slots.owner(a) == "shard-1")
+    credit = next(a for a, h in day.holders.items() if h.currency == "CNY" and slots.owner(a) == "shard-2")
+    coordinators = cluster.names("coordinator")
+    for name in coordinators:  # nobody resolves the leg while the report runs
+        cluster.kill(name, signal.SIGTERM)
+    transfer_id = str(uuid.uuid4())
+    try:
+        with service_auth.signed_channel(
+            cluster.address("shard-1"), cluster.cluster_secret, "test"
+        ) as channel:
+            stub = ledger_pb2_grpc.LedgerNodeStub(channel)
+            epoch = stub.GetNodeInfo(ledger_pb2.GetNodeInfoRequest(), timeout=10).max_epoch_seen
+            body = _item(types_pb2.TRANSFER_KIND_TRANSFER, debit, credit, 1, "CNY")
+            body.id = transfer_id
+            item = ledger_pb2.PrepareItem(transfer=body, role=types_pb2.LEG_ROLE_DEBIT)
+            prepared = stub.Prepare(ledger_pb2.PrepareRequest(epoch=epoch, items=[item]), timeout=10)
+        assert prepared.legs[0].state == ledger_pb2.LEG_STATE_PREPARED
+
+        code, printed = run_report(cluster, tmp_path, "eod", "--date", day.date, "--in-doubt-ms", "1")
+    finally:
+        for name in coordinators:
+            cluster.start_component(name)
+
+    assert code == 1
+    lines = json.loads(printed)["discrepancies"]
+    assert [line for line in lines if "PREPARED" in line] == [
+        line for line in lines if line.startswith(f"shard-1 transfer {transfer_id}: debit leg PREPARED for ")
+    ]
+    assert len(lines) == 1
+    deadline = time.monotonic() + 30  # the new leader presumes it aborted
+    while _in_doubt(cluster, "shard-1") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _in_doubt(cluster, "shard-1") == []
