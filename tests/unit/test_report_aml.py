@@ -256,3 +256,11 @@ def test_large_value_csv_has_the_filing_fields_in_order() -> None:
         assert rows[0][name]
     assert rows[0]["amount"] == "50000.00" and rows[0]["amount_minor"] == "5000000"
     assert rows[0]["time"] == "2026-11-24T12:00:00.000+08:00"
+
+
+def test_a_daylight_saving_day_is_23_hours_long_and_still_midnight_to_midnight() -> None:
+    spring = day.day_window(dt.date(2026, 3, 8), "America/New_York")
+
+    assert spring.end_ms - spring.start_ms == 23 * 3_600_000
+    assert spring.local_time(spring.start_ms) == "2026-03-08T00:00:00.000-05:00"
+    assert spring.local_time(spring.end_ms) == "2026-03-09T00:00:00.000-04:00"
