@@ -11,9 +11,13 @@ and the payee of a transfer or payment. A leg falls in one category:
   (PERSONAL) account, cross-border when the two holders' countries differ
   (an empty country is CN); Art. 5(3) and 5(4).
 
-Per customer, category and currency, the day's legs are summed; when the sum
-reaches the threshold (at or above: "含"), every leg of that group is
-reported, each marked SINGLE (the leg alone reaches it) or CUMULATIVE.
+Per customer, category, currency and direction, the day's legs are summed:
+the Order accumulates one-sidedly (按资金收入或者支出单边累计), so money in
+(IN) and money out (OUT) are separate totals — deposits apart from
+withdrawals, receipts apart from payments. When a total reaches the
+threshold (at or above: "含"), every leg of that group is reported, each
+marked SINGLE (the leg alone reaches it) or CUMULATIVE. A transfer between
+two accounts of one customer is an OUT leg and an IN leg of that customer.
 Thresholds exist for CNY and USD (the Order's "外币等值 USD" amounts).
 Other currencies are not converted — the bank keeps no FX rates — so their
 legs are counted in `not_evaluated` instead of being silently dropped.
@@ -102,7 +106,7 @@ LARGE_VALUE_FIELDS = (
     "unix_ms",
     "basis",
     "threshold_minor",
-    "customer_day_total_minor",
+    "same_direction_day_total_minor",
     "rule",
 )
 
@@ -167,24 +171,18 @@ def large_value(
     window: DayWindow,
     reveal_ids: bool,
 ) -> LargeValueResult:
-    groups: dict[tuple[str, str, str], list[Leg]] = defaultdict(list)
-    seen: set[tuple[str, str, str]] = set()
+    groups: dict[tuple[str, str, str, str], list[Leg]] = defaultdict(list)
     not_evaluated: dict[str, int] = defaultdict(int)
     evaluated = 0
     for transfer in transfers:
         for leg in legs_of(transfer, directory):
-            customer = customer_key(leg.party)
-            once = (customer, leg.category, transfer.transfer_id)
-            if once in seen:  # both sides are the same customer in the same category
-                continue
-            seen.add(once)
             if leg.category not in THRESHOLDS_MINOR.get(transfer.currency, {}):
                 not_evaluated[transfer.currency] += 1
                 continue
             evaluated += 1
-            groups[(customer, leg.category, transfer.currency)].append(leg)
+            groups[(customer_key(leg.party), leg.category, transfer.currency, leg.direction)].append(leg)
     rows: list[dict[str, Any]] = []
-    for (customer, category, currency), legs in sorted(groups.items()):
+    for (customer, category, currency, _direction), legs in sorted(groups.items()):
         threshold = THRESHOLDS_MINOR[currency][category]
         total = sum(leg.transfer.amount for leg in legs)
         if total < threshold:
@@ -225,7 +223,7 @@ def _row(
         "unix_ms": transfer.at_unix_ms,
         "basis": SINGLE if transfer.amount >= threshold else CUMULATIVE,
         "threshold_minor": threshold,
-        "customer_day_total_minor": total,
+        "same_direction_day_total_minor": total,
         "rule": RULES[leg.category],
     }
 

@@ -189,28 +189,26 @@ def _item(kind: int, debit: int, credit: int, amount: int, currency: str) -> typ
 
 def expected_large_value(holders: dict[int, Holder], sent: list[Sent]) -> set[tuple[str, int, str]]:
     """(transfer id, account id, category) of every leg the report must list."""
-    legs: dict[tuple[str, str, str], list[tuple[str, int, int]]] = defaultdict(list)
+    # money in and money out add up apart (PBoC: 单边累计)
+    legs: dict[tuple[str, str, str, str], list[tuple[str, int, int]]] = defaultdict(list)
     for t in sent:
-        sides: list[tuple[Holder, str]] = []
+        sides: list[tuple[Holder, str, str]] = []
         if t.kind == "DEPOSIT":
-            sides = [(holders[t.credit], "cash")]
+            sides = [(holders[t.credit], "cash", "in")]
         elif t.kind == "WITHDRAWAL":
-            sides = [(holders[t.debit], "cash")]
+            sides = [(holders[t.debit], "cash", "out")]
         else:
             payer, payee = holders[t.debit], holders[t.credit]
-            for me, other in ((payer, payee), (payee, payer)):
+            for me, other, direction in ((payer, payee, "out"), (payee, payer, "in")):
                 category = (
                     "business" if me.business else "cross" if me.country != other.country else "domestic"
                 )
-                sides.append((me, category))
-        done: set[tuple[str, str]] = set()
-        for holder, category in sides:
-            if (holder.person, category) in done:  # a transfer between one person's own accounts
-                continue
-            done.add((holder.person, category))
-            legs[(holder.person, category, t.currency)].append((t.transfer_id, holder.account_id, t.amount))
+                sides.append((me, category, direction))
+        for holder, category, direction in sides:
+            key = (holder.person, category, t.currency, direction)
+            legs[key].append((t.transfer_id, holder.account_id, t.amount))
     expected = set()
-    for (_, category, currency), group in legs.items():
+    for (_, category, currency, _), group in legs.items():
         limit = LIMITS.get((currency, category))
         if limit is not None and sum(amount for _, _, amount in group) >= limit:
             expected |= {(tid, account, CATEGORY_NAMES[category]) for tid, account, _ in group}
@@ -292,7 +290,7 @@ def test_aml_lists_exactly_the_legs_over_the_thresholds(
         assert row["basis"] == (
             "SINGLE" if int(row["amount_minor"]) >= int(row["threshold_minor"]) else "CUMULATIVE"
         )
-        assert int(row["customer_day_total_minor"]) >= int(row["threshold_minor"])
+        assert int(row["same_direction_day_total_minor"]) >= int(row["threshold_minor"])
     with open(tmp_path / f"aml-{day.date}-suspicious.csv", newline="", encoding="utf-8") as handle:
         suspicious = list(csv.DictReader(handle))
     assert [r["alert_id"] for r in suspicious] == [aml_alert]

@@ -88,20 +88,17 @@ def test_cash_at_the_threshold_is_reported_one_fen_below_is_not(currency: str, t
     assert row["threshold_minor"] == threshold
 
 
-def test_cumulative_cash_reports_every_leg_of_the_day_in_and_out() -> None:
+def test_cumulative_cash_adds_up_each_direction_on_its_own() -> None:
     alice = person("alice")
-    parts = [
-        sent(DEPOSIT, CASH, alice, 2_000_000),
-        sent(WITHDRAWAL, alice, CASH, 2_000_000),
-        sent(DEPOSIT, CASH, alice, 1_000_000),
-    ]
+    cash_in = [sent(DEPOSIT, CASH, alice, 2_000_000), sent(DEPOSIT, CASH, alice, 3_000_000)]
+    cash_out = [sent(WITHDRAWAL, alice, CASH, 4_999_999)]  # with the deposits it would be far over
     short = person("carol")
     short_parts = [sent(DEPOSIT, CASH, short, 2_500_000), sent(DEPOSIT, CASH, short, 2_499_999)]
 
-    result = report([alice, short], parts + short_parts)
+    result = report([alice, short], cash_in + cash_out + short_parts)
 
-    assert listed(result) == {(t.transfer_id, "alice", "CUMULATIVE") for t in parts}
-    assert {r["customer_day_total_minor"] for r in result.rows} == {5_000_000}
+    assert listed(result) == {(t.transfer_id, "alice", "CUMULATIVE") for t in cash_in}
+    assert {(r["direction"], r["same_direction_day_total_minor"]) for r in result.rows} == {("IN", 5_000_000)}
 
 
 def test_cumulative_is_per_customer_across_their_accounts() -> None:
@@ -162,12 +159,18 @@ def test_business_legs_use_the_business_threshold_and_the_person_side_its_own() 
     assert len([r for r in both.rows if r["customer_id"] == "shop"]) == 2
 
 
-def test_a_transfer_between_one_customers_accounts_counts_once() -> None:
+def test_a_transfer_between_one_customers_accounts_is_an_out_and_an_in_leg() -> None:
     mine = person("jack", customer="cust-jack")
     other = Party(mine.account_id + 1, PERSONAL, "CNY", "cust-jack", "jack", 1, mine.id_number)
-    half = sent(TRANSFER, mine, other, 25_000_000)  # counted twice it would reach 500k
+    below = sent(TRANSFER, mine, other, 49_999_999)  # one-sided totals: not 2 x 49,999,999
+    at = sent(TRANSFER, other, mine, 50_000_000)
 
-    assert report([mine, other], [half]).rows == []
+    assert report([mine, other], [below]).rows == []
+    rows = report([mine, other], [at]).rows
+    assert {(r["direction"], r["account_id"], r["counterparty_account_id"]) for r in rows} == {
+        ("OUT", str(other.account_id), str(mine.account_id)),
+        ("IN", str(mine.account_id), str(other.account_id)),
+    }
 
 
 def test_other_currencies_are_counted_not_evaluated() -> None:
