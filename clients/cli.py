@@ -21,7 +21,7 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from clients import cli_auth, cli_cluster, render
+from clients import cli_auth, cli_cluster, cli_report, render
 from clients.channel import default_target
 from clients.client import BankClient
 from clients.messages import ACCOUNT_TYPES, ID_TYPES
@@ -87,10 +87,19 @@ def cmd_account_open(args: argparse.Namespace) -> int:
     else:
         _checked(lambda: identity.check_passport(id_number))
     _checked(lambda: money.currency(args.currency))
+    country = args.country.strip().upper()
+    _checked(lambda: identity.check_country(country))
     overdraft = amount(args.overdraft_limit, args.currency) if args.overdraft_limit else 0
     with client(args) as bank:
         found = bank.open_account(
-            args.name, id_number, phone, args.currency, args.type, args.id_type, overdraft_limit=overdraft
+            args.name,
+            id_number,
+            phone,
+            args.currency,
+            args.type,
+            args.id_type,
+            overdraft_limit=overdraft,
+            country=country,
         )
     return emit(args, found, lambda: render.account(found))
 
@@ -222,6 +231,9 @@ def _add_account(commands: Any, common: argparse.ArgumentParser) -> None:
     opening.add_argument("--type", choices=list(ACCOUNT_TYPES), default="personal")
     opening.add_argument("--id-type", choices=list(ID_TYPES), default="cn_resident_id")
     opening.add_argument("--overdraft-limit", default="", metavar="AMOUNT")
+    opening.add_argument(
+        "--country", default="", metavar="CC", help="holder's ISO 3166-1 alpha-2 country (default CN)"
+    )
     opening.set_defaults(handler=cmd_account_open)
     show = actions.add_parser("show", parents=[common], help="an account and its balances")
     show.add_argument("account", metavar="ID")
@@ -247,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = _common()
     cli_cluster.add_commands(commands, common)
     cli_auth.add_commands(commands, common)
+    cli_report.add_commands(commands, common)
     _add_account(commands, common)
     for name, verb in (("deposit", "cash in"), ("withdraw", "cash out")):
         sub = commands.add_parser(name, parents=[common], help=verb)

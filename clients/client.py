@@ -101,9 +101,10 @@ class BankClient:
         account_type: str = "personal",
         id_type: str = "cn_resident_id",
         overdraft_limit: int = 0,
+        country: str = "",
     ) -> types_pb2.Account:
         request = messages.open_account(
-            name, id_number, phone, currency, account_type, id_type, overdraft_limit
+            name, id_number, phone, currency, account_type, id_type, overdraft_limit, country
         )
 
         def attempt(deadline_s: float) -> types_pb2.Account:

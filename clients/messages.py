@@ -48,12 +48,14 @@ def open_account(
     account_type: str,
     id_type: str,
     overdraft_limit: int,
+    country: str = "",
 ) -> bank_pb2.OpenAccountsRequest:
     holder = types_pb2.Holder(
         name=name,
         id_type=_choice(ID_TYPES, id_type, bank_errors.INVALID_ID_NUMBER, "id_type"),
         id_number=id_number,
         phone=phone,
+        country=country,
     )
     item = bank_pb2.OpenAccountRequest(
         currency=currency,

@@ -72,6 +72,7 @@ def account(found: types_pb2.Account) -> str:
             f"{id_type} {identity.mask_id_number(holder.id_number)}" if holder.id_number else "-",
         ),
         ("phone", identity.mask_phone(holder.phone) if holder.phone else "-"),
+        ("country", identity.country_of(holder.country) if holder.id_number else "-"),
         ("type", account_type(found.type)),
         ("status", account_status(found.status)),
         ("currency", cur),

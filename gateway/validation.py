@@ -120,6 +120,8 @@ def check_holder(holder: types_pb2.Holder) -> types_pb2.Holder:
         raise errors.invalid(errors.INVALID_ID_NUMBER, "id_type must be CN_RESIDENT_ID or PASSPORT")
     phone = identity.normalize_phone(holder.phone)
     identity.check_phone(phone)
+    country = holder.country.upper()
+    identity.check_country(country)
     if len(holder.customer_id) > CUSTOMER_ID_LENGTH_MAX or has_forbidden_characters(holder.customer_id):
         raise errors.invalid(
             errors.INVALID_ARGUMENT,
@@ -131,6 +133,7 @@ def check_holder(holder: types_pb2.Holder) -> types_pb2.Holder:
         id_number=id_number,
         phone=phone,
         customer_id=holder.customer_id,
+        country=country,
     )
 
 

@@ -24,7 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from ledger_node import keys
+from ledger_node import journal, keys
 from ledger_node.state import InvariantViolation, Ledger
 from ledger_node.store import Store
 from ledger_node.writer import Writer, wall_clock_ms
@@ -117,6 +117,13 @@ def _check_batch(count: int) -> None:
             errors.BATCH_TOO_LARGE,
             f"at most {limits.BATCH_ITEMS_MAX} items",
         )
+
+
+def _page_limit(given: int, most: int) -> int:
+    """0 means the largest page; above it INVALID_PAGE_SIZE."""
+    if given > most:
+        raise errors.invalid(errors.INVALID_PAGE_SIZE, f"limit must be 0..{most} (0 means {most})")
+    return given or most
 
 
 def encode_page_token(account_id: int, before_seq: int) -> str:
@@ -281,6 +288,45 @@ class LedgerNodeServicer(ledger_pb2_grpc.LedgerNodeServicer):
     ) -> ledger_pb2.LegsResponse:
         legs = self._ledger.in_doubt_legs(wall_clock_ms(), request.older_than_ms, request.limit)
         return ledger_pb2.LegsResponse(legs=legs)
+
+    @_guard
+    async def ReadJournal(
+        self, request: ledger_pb2.ReadJournalRequest, context: Context
+    ) -> ledger_pb2.ReadJournalResponse:
+        """Stored entries from `from_seq` on. Runs without an await, so the
+        page lies between two group commits (the writer applies and writes
+        on this same event loop)."""
+        limit = _page_limit(request.limit, limits.JOURNAL_PAGE_ENTRIES_MAX)
+        start = keys.journal_key(max(request.from_seq, 1))
+        entries: list[ledger_pb2.StoredJournalEntry] = []
+        for key, value in self._store.scan(keys.JOURNAL, start):
+            if len(entries) == limit:
+                break
+            stored_hash, entry_bytes = journal.decode(value)
+            seq = keys.read_u64(key[len(keys.JOURNAL) :])
+            entries.append(ledger_pb2.StoredJournalEntry(seq=seq, hash=stored_hash, entry=entry_bytes))
+        return ledger_pb2.ReadJournalResponse(entries=entries, head_seq=self._ledger.journal_seq)
+
+    @_guard
+    async def ListAccounts(
+        self, request: ledger_pb2.ListAccountsRequest, context: Context
+    ) -> ledger_pb2.ListAccountsResponse:
+        """Stored accounts after `after_id`, with the journal seq they are the
+        replay of (read without an await: see ReadJournal)."""
+        limit = _page_limit(request.limit, limits.ACCOUNTS_PAGE_SIZE_MAX)
+        start = keys.account_key(request.after_id + 1) if request.after_id < (1 << 64) - 1 else None
+        accounts: list[types_pb2.Account] = []
+        done = start is None
+        if start is not None:
+            done = True
+            for _, value in self._store.scan(keys.ACCOUNT, start):
+                if len(accounts) == limit:
+                    done = False
+                    break
+                accounts.append(types_pb2.Account.FromString(value))
+        return ledger_pb2.ListAccountsResponse(
+            accounts=accounts, journal_seq=self._ledger.journal_seq, done=done
+        )
 
     @_guard
     async def GetNodeInfo(

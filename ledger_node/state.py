@@ -330,6 +330,7 @@ def _check_holder(holder: types_pb2.Holder, today: dt.date) -> None:
     else:
         raise errors.invalid(errors.INVALID_ID_NUMBER, "id_type must be CN_RESIDENT_ID or PASSPORT")
     identity.check_phone(holder.phone)
+    identity.check_country(holder.country)
     if len(holder.customer_id) > CUSTOMER_ID_LENGTH_MAX:
         raise errors.invalid(errors.INVALID_ARGUMENT, f"customer_id is longer than {CUSTOMER_ID_LENGTH_MAX}")
 

@@ -22,40 +22,21 @@ from pathlib import Path
 from google.protobuf.message import DecodeError
 
 from ledger_node import journal, keys
+from ledger_node.replay import (
+    PREPARED,
+    Corrupt,
+    JournalReplay,
+    Replayed,
+    ShardBooks,
+    account_mismatch,
+    journal_where,
+    trial_balance,
+)
 from ledger_node.store import Store
 from shardbank.v1 import ledger_pb2, types_pb2
 
-PREPARED = ledger_pb2.LEG_STATE_PREPARED
-COMMITTED = ledger_pb2.LEG_STATE_COMMITTED
-ABORTED = ledger_pb2.LEG_STATE_ABORTED
 DEBIT = types_pb2.LEG_ROLE_DEBIT
 CREDIT = types_pb2.LEG_ROLE_CREDIT
-UNSPECIFIED_ROLE = types_pb2.LEG_ROLE_UNSPECIFIED
-
-_STATE_OF_KIND = {
-    types_pb2.JOURNAL_KIND_TRANSFER_POSTED: COMMITTED,
-    types_pb2.JOURNAL_KIND_TRANSFER_REFUSED: ABORTED,
-    types_pb2.JOURNAL_KIND_LEG_PREPARED: PREPARED,
-    types_pb2.JOURNAL_KIND_LEG_COMMITTED: COMMITTED,
-    types_pb2.JOURNAL_KIND_LEG_ABORTED: ABORTED,
-}
-
-
-class Corrupt(Exception):
-    """The first thing found wrong, with where it is."""
-
-    def __init__(self, shard: str, where: str, what: str) -> None:
-        super().__init__(f"{shard} {where}: {what}")
-        self.shard, self.where, self.what = shard, where, what
-
-
-@dataclass
-class _Replayed:
-    currency: str
-    status: int = types_pb2.ACCOUNT_STATUS_ACTIVE
-    balance: int = 0
-    held: int = 0
-    pending_credit: int = 0
 
 
 @dataclass
@@ -73,86 +54,27 @@ class ShardReport:
     credit_legs: dict[str, tuple[int, str, int]] = field(default_factory=dict)
 
 
-def _journal_where(seq: int) -> str:
-    return f"journal seq {seq} (key j/{seq:016x})"
-
-
 def _walk_journal(
     store: Store, report: ShardReport
-) -> tuple[dict[int, _Replayed], dict[tuple[int, str], int]]:
+) -> tuple[dict[int, Replayed], dict[tuple[int, str], int]]:
     """Recompute the chain and replay postings; (accounts, last state per leg)."""
-    shard = report.name
-    accounts: dict[int, _Replayed] = {}
-    states: dict[tuple[int, str], int] = {}
-    previous_hash = journal.GENESIS_HASH
-    expected_seq = 1
+    replay = JournalReplay(report.name)
     for key, value in store.scan(keys.JOURNAL):
         seq = keys.read_u64(key[len(keys.JOURNAL) :]) if len(key) == len(keys.JOURNAL) + 8 else -1
-        where = _journal_where(seq)
-        if seq != expected_seq:
+        if seq != replay.journal_seq + 1:
             raise Corrupt(
-                shard, f"key {key.hex()}", f"journal seq {expected_seq} expected here (entry missing?)"
+                report.name,
+                f"key {key.hex()}",
+                f"journal seq {replay.journal_seq + 1} expected here (entry missing?)",
             )
         if len(value) < journal.HASH_BYTES:
-            raise Corrupt(shard, where, "value shorter than its hash")
-        stored_hash, entry_bytes = journal.decode(value)
-        if journal.chain_hash(previous_hash, entry_bytes) != stored_hash:
-            raise Corrupt(shard, where, "hash chain broken: the entry or its hash was altered")
-        try:
-            entry = types_pb2.JournalEntry.FromString(entry_bytes)
-        except DecodeError:
-            raise Corrupt(shard, where, "entry does not parse") from None
-        if entry.seq != seq:
-            raise Corrupt(shard, where, f"entry says seq {entry.seq}")
-        _replay(entry, accounts, states, shard, where)
-        previous_hash, expected_seq = stored_hash, expected_seq + 1
-    report.journal_seq, report.head_hash = expected_seq - 1, previous_hash
-    return accounts, states
+            raise Corrupt(report.name, journal_where(seq), "value shorter than its hash")
+        replay.feed(seq, *journal.decode(value))
+    report.journal_seq, report.head_hash = replay.journal_seq, replay.head_hash
+    return replay.accounts, replay.states
 
 
-def _replay(
-    entry: types_pb2.JournalEntry,
-    accounts: dict[int, _Replayed],
-    states: dict[tuple[int, str], int],
-    shard: str,
-    where: str,
-) -> None:
-    if entry.kind == types_pb2.JOURNAL_KIND_ACCOUNT_OPENED:
-        if entry.account.id in accounts:
-            raise Corrupt(shard, where, f"account {entry.account.id} opened twice")
-        accounts[entry.account.id] = _Replayed(currency=entry.account.currency)
-    elif entry.kind == types_pb2.JOURNAL_KIND_ACCOUNT_STATUS:
-        if entry.account_id not in accounts:
-            raise Corrupt(shard, where, f"status change of unknown account {entry.account_id}")
-        accounts[entry.account_id].status = entry.status_change.to_status
-    if (
-        entry.kind == types_pb2.JOURNAL_KIND_TRANSFER_POSTED
-        and sum(p.balance_delta for p in entry.postings) != 0
-    ):
-        raise Corrupt(shard, where, "postings of a single-shard transfer do not sum to 0")
-    for posting in entry.postings:
-        account = accounts.get(posting.account_id)
-        if account is None:
-            raise Corrupt(shard, where, f"posting to unknown account {posting.account_id}")
-        if entry.transfer.currency and account.currency != entry.transfer.currency:
-            raise Corrupt(
-                shard, where, f"posting in {entry.transfer.currency} to a {account.currency} account"
-            )
-        account.balance += posting.balance_delta
-        account.held += posting.held_delta
-        account.pending_credit += posting.pending_credit_delta
-        if account.held < 0 or account.pending_credit < 0:
-            raise Corrupt(shard, where, f"account {posting.account_id} goes below zero held/pending")
-    state = _STATE_OF_KIND.get(entry.kind)
-    if state is not None:
-        role = entry.role if entry.kind not in _SINGLE_SHARD_KINDS else UNSPECIFIED_ROLE
-        states[(role, entry.transfer.id)] = state
-
-
-_SINGLE_SHARD_KINDS = (types_pb2.JOURNAL_KIND_TRANSFER_POSTED, types_pb2.JOURNAL_KIND_TRANSFER_REFUSED)
-
-
-def _check_accounts(store: Store, replayed: dict[int, _Replayed], report: ShardReport) -> None:
+def _check_accounts(store: Store, replayed: dict[int, Replayed], report: ShardReport) -> None:
     shard = report.name
     seen: set[int] = set()
     for key, value in store.scan(keys.ACCOUNT):
@@ -163,17 +85,9 @@ def _check_accounts(store: Store, replayed: dict[int, _Replayed], report: ShardR
             raise Corrupt(shard, where, "account record does not parse") from None
         if key != keys.account_key(account.id):
             raise Corrupt(shard, where, f"holds account {account.id}")
-        expected = replayed.get(account.id)
-        if expected is None:
-            raise Corrupt(shard, f"account {account.id}", "stored but never opened in the journal")
-        got = (account.currency, account.status, account.balance, account.held, account.pending_credit)
-        want = (expected.currency, expected.status, expected.balance, expected.held, expected.pending_credit)
-        if got != want:
-            raise Corrupt(
-                shard,
-                f"account {account.id}",
-                f"stored (currency, status, balance, held, pending_credit) {got} != journal replay {want}",
-            )
+        mismatch = account_mismatch(account, replayed)
+        if mismatch is not None:
+            raise Corrupt(shard, f"account {account.id}", mismatch)
         seen.add(account.id)
         report.balances[account.currency] += account.balance
     missing = sorted(set(replayed) - seen)
@@ -243,20 +157,12 @@ def verify_shard(path: Path, name: str) -> ShardReport:
 
 def check_books(reports: list[ShardReport]) -> dict[str, int]:
     """Per currency: sum of balances + amounts in flight; must be 0 everywhere."""
-    totals: dict[str, int] = defaultdict(int)
-    committed = {tid for r in reports for tid, state in r.debit_records.items() if state == COMMITTED}
-    settled_elsewhere = {tid: state for r in reports for tid, state in r.debit_records.items()}
-    for report in reports:
-        for currency, total in report.balances.items():
-            totals[currency] += total
-        for tid, (state, currency, amount) in report.credit_legs.items():
-            if state == PREPARED and tid in committed:
-                totals[currency] += amount
-            if state == COMMITTED and settled_elsewhere.get(tid, COMMITTED) != COMMITTED:
-                raise Corrupt(
-                    report.name, f"credit leg {tid}", "committed but its record holder did not commit"
-                )
-    return dict(totals)
+    totals, problems = trial_balance(
+        [ShardBooks(r.name, r.balances, r.debit_records, r.credit_legs) for r in reports]
+    )
+    if problems:
+        raise problems[0]
+    return totals
 
 
 def find_shards(data_dir: Path) -> list[tuple[str, Path]]:

@@ -12,6 +12,8 @@ import datetime as dt
 import re
 import unicodedata
 
+import pycountry
+
 from shardbank import errors
 
 NAME_LENGTH_MAX = 100
@@ -24,6 +26,12 @@ _CN_ID = re.compile(r"^[1-9][0-9]{16}[0-9X]$")
 _PASSPORT = re.compile(r"^[A-Z0-9]{5,20}$")
 _E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
 _CN_MOBILE = re.compile(r"^\+861[3-9][0-9]{9}$")
+_ALPHA_2 = re.compile(r"[A-Z]{2}")
+# A holder without a country is a mainland holder (the bank's home country).
+HOME_COUNTRY = "CN"
+# Assigned ISO 3166-1 alpha-2 codes, from pycountry (Debian's iso-codes): a
+# list kept up to date by others beats one typed here.
+COUNTRY_CODES = frozenset(country.alpha_2 for country in pycountry.countries)
 
 
 def cn_check_digit(first17: str) -> str:
@@ -65,6 +73,19 @@ def check_phone(phone: str) -> None:
         raise errors.invalid(errors.INVALID_PHONE, "phone must be E.164, e.g. +8613812345678")
     if phone.startswith("+86") and not _CN_MOBILE.fullmatch(phone):
         raise errors.invalid(errors.INVALID_PHONE, "mainland mobile must be +86 1[3-9] and 9 digits")
+
+
+def check_country(country: str) -> None:
+    """Empty (means HOME_COUNTRY) or an assigned ISO 3166-1 alpha-2 code, uppercase."""
+    if country and not (_ALPHA_2.fullmatch(country) and country in COUNTRY_CODES):
+        raise errors.invalid(
+            errors.INVALID_COUNTRY, "country must be an ISO 3166-1 alpha-2 code, e.g. CN, US, HK"
+        )
+
+
+def country_of(country: str) -> str:
+    """The holder's country with the default applied."""
+    return country or HOME_COUNTRY
 
 
 def normalize_phone(phone: str) -> str:

@@ -14,6 +14,11 @@ STATUS_REASON_LENGTH_MAX = 200
 ACTOR_LENGTH_MAX = 64
 HISTORY_PAGE_SIZE_DEFAULT = 50
 HISTORY_PAGE_SIZE_MAX = 1000
+# Pages of the report read side (LedgerNode.ReadJournal / ListAccounts): an
+# entry is ~0.2-1 KB, so a full page stays far below MESSAGE_BYTES_MAX, and a
+# page is read between two group commits, so it must stay short.
+JOURNAL_PAGE_ENTRIES_MAX = 1000
+ACCOUNTS_PAGE_SIZE_MAX = 1000
 # Concurrent RPCs one server will run; beyond it callers get RESOURCE_EXHAUSTED.
 CONCURRENT_RPCS_MAX = 4096
 # Deadline a client puts on one call unless told otherwise.

@@ -103,4 +103,5 @@ FIELD_LENGTH_MAX: dict[str, int] = {
     "shardbank.v1.Transfer.memo": limits.MEMO_LENGTH_MAX,
     "shardbank.v1.Transfer.reference": limits.REFERENCE_LENGTH_MAX,
     "shardbank.v1.StatusRequestItem.reason": limits.STATUS_REASON_LENGTH_MAX,
+    "shardbank.v1.Holder.country": 2,
 }
