@@ -27,7 +27,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
     args = parser.parse_args(argv)
     if args.prepare_timeout_ms < 1:
         parser.error("--prepare-timeout-ms must be positive")
-    logs.configure("coordinator", args.log_level)
+    logs.configure("coordinator", args.log_level, coordinator_id=args.id)
     try:
         secret = service_auth.load_cluster_secret(args.cluster_secret_file, args.id)
     except service_auth.SecretError as exc:

@@ -22,7 +22,7 @@ def parse_args(argv: list[str] | None = None) -> GatewayConfig:
     service_auth.add_secret_argument(parser)
     metrics.add_port_argument(parser)
     args = parser.parse_args(argv)
-    logs.configure("gateway")
+    logs.configure("gateway", gateway_id=args.id)
     try:
         secret = service_auth.load_cluster_secret(args.cluster_secret_file, args.id)
     except service_auth.SecretError as exc:

@@ -327,6 +327,17 @@ class BankHandlers:
             transfer_ids=[o.id for o in outcomes if o.status != types_pb2.TRANSFER_STATUS_REJECTED][
                 :LOGGED_IDS_MAX
             ],
+            # Account ids (never holder details) of the first refusals: what an operator asks about.
+            refusals=[
+                {
+                    "transfer_id": o.id,
+                    "debit_account_id": o.debit_account_id,
+                    "credit_account_id": o.credit_account_id,
+                    "reason": o.reason,
+                }
+                for o in refused[:LOGGED_IDS_MAX]
+                if o.status != types_pb2.TRANSFER_STATUS_REJECTED
+            ],
         )
         unsettled = [o.id for o in refused if o.code == grpc.StatusCode.UNAVAILABLE.value[0]]
         if unsettled:

@@ -49,7 +49,7 @@ async def serve(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    logs.configure("ledger_node")
+    logs.configure("ledger_node", shard_id=args.shard_id)
     try:
         return asyncio.run(serve(args))
     except service_auth.SecretError as exc:
