@@ -219,19 +219,27 @@ def base_name(series: str) -> str:
     return series
 
 
-def defined_names() -> set[str]:
-    """Every metric family this module defines, as base names (see `base_name`):
-    what the dashboard's PromQL may use."""
-    names = {
-        base_name(metric._name)  # prometheus_client keeps the family name here
+def defined_labels() -> dict[str, frozenset[str]]:
+    """Every metric family this module defines (base name, see `base_name`) ->
+    its label names: what the dashboard's PromQL may use."""
+    families: dict[str, frozenset[str]] = {
+        base_name(metric._name): frozenset(metric._labelnames)  # prometheus_client keeps them here
         for metric in (
             RPC_DURATION, RPC_FAILURES, BATCH_ITEMS, GATEWAY_TRANSFERS, GROUP_COMMIT_ITEMS,
             GROUP_COMMIT_SYNC, GROUP_COMMIT_APPLY, COORDINATOR_TRANSFERS, ROUND_ITEMS, ROUND_DURATION,
             IS_LEADER, EPOCH, LEADER_CHANGES, IN_DOUBT_FOUND, IN_DOUBT_RESOLVED,
         )
     }  # fmt: skip
-    names |= set(NODE_GAUGES) | set(NODE_COUNTERS) | set(ROCKSDB_PROPERTIES.values()) | set(MOVE_GAUGES)
-    return names | {MOVE_PHASE, MOVES_BY_PHASE}
+    move_labels = frozenset({"move_id", "source", "target"})
+    families |= {name: frozenset() for name in [*NODE_GAUGES, *NODE_COUNTERS, *ROCKSDB_PROPERTIES.values()]}
+    families |= dict.fromkeys(MOVE_GAUGES, move_labels)
+    families[MOVE_PHASE] = move_labels | {"phase"}
+    families[MOVES_BY_PHASE] = frozenset({"phase"})
+    return families
+
+
+def defined_names() -> set[str]:
+    return set(defined_labels())
 
 
 # Per-item code of an answer whose outcome was not learned (google.rpc UNAVAILABLE).
