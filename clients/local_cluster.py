@@ -279,12 +279,14 @@ class LocalCluster:
 
     def prometheus_targets(self) -> list[dict[str, object]]:
         """Prometheus file_sd target groups: one per component, labelled with
-        its kind and name (`shard` for nodes), so dashboards can group by them."""
+        its kind (`job`) and name (`shard` for nodes too), so dashboards can
+        group by them. Not `component`: the metrics carry that label
+        themselves, and a target label of the same name would rename theirs."""
         groups: list[dict[str, object]] = []
         for spec in self._ordered():
             if not spec.metrics_address:
                 continue
-            labels = {"job": f"shardbank_{spec.kind}", "component": spec.kind, "name": spec.name}
+            labels = {"job": f"shardbank_{spec.kind}", "name": spec.name}
             if spec.kind == LEDGER_NODE:
                 labels["shard"] = spec.name
             groups.append({"targets": [spec.metrics_address], "labels": labels})

@@ -163,12 +163,7 @@ def test_prometheus_file_sd_targets(tmp_path: Path) -> None:
     assert set(by_name) == {"shard-1", "shard-2", "coord-1", "gw-1"}
     assert by_name["shard-2"] == {
         "targets": ["127.0.0.1:50092"],
-        "labels": {
-            "job": "shardbank_ledger_node",
-            "component": "ledger_node",
-            "name": "shard-2",
-            "shard": "shard-2",
-        },
+        "labels": {"job": "shardbank_ledger_node", "name": "shard-2", "shard": "shard-2"},
     }
     assert by_name["gw-1"]["targets"] == ["127.0.0.1:50081"]
 

@@ -18,7 +18,7 @@ from shardbank.v1 import types_pb2
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "docs" / "grafana" / "shardbank.json"
 # Labels every series gets from the scrape (Prometheus) or from LocalCluster's file_sd targets.
-TARGET_LABELS = {"instance", "job", "component", "name", "shard"}
+TARGET_LABELS = {"instance", "job", "name", "shard"}
 # Grafana's own variables, replaced by a duration before parsing.
 GRAFANA_RANGE = "$__rate_interval"
 
