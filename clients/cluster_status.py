@@ -165,26 +165,50 @@ def _shard_order(shard_id: str) -> tuple[str, int]:
     return (prefix, int(number)) if number.isdigit() else (shard_id, 0)
 
 
-def coordinator_section(leader: meta.Leader | None, registered: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Leader, epoch and standbys (pure)."""
+def health_state(serving: int | None, idle: str = "not_serving") -> str:
+    """up (SERVING), `idle` (answers NOT_SERVING: a standby coordinator, a
+    gateway without a slot map), or unreachable (no answer: dead, its lease
+    not yet expired)."""
+    if serving is None:
+        return UNREACHABLE
+    return UP if serving == health.SERVING else idle
+
+
+def coordinator_section(
+    leader: meta.Leader | None,
+    registered: dict[str, dict[str, Any]],
+    probed: dict[str, int | None] | None = None,
+) -> dict[str, Any]:
+    """Leader, epoch and standbys (pure); `probed`: coordinator id -> gRPC health."""
     members = []
     for coordinator_id in sorted(registered):
         entry = registered[coordinator_id]
         is_leader = leader is not None and leader.coordinator_id == coordinator_id
-        members.append(
-            {
-                "coordinator_id": coordinator_id,
-                "address": entry.get("address", ""),
-                "metrics_address": entry.get("metrics_address", ""),
-                "role": "leader" if is_leader else "standby",
-            }
-        )
+        member = {
+            "coordinator_id": coordinator_id,
+            "address": entry.get("address", ""),
+            "metrics_address": entry.get("metrics_address", ""),
+            "role": "leader" if is_leader else "standby",
+        }
+        if probed is not None:
+            member["state"] = health_state(probed.get(coordinator_id), idle="standby")
+        members.append(member)
     return {
         "leader": leader.coordinator_id if leader else "",
         "leader_address": leader.address if leader else "",
         "epoch": leader.epoch if leader else 0,
         "members": members,
     }
+
+
+def probe_health(addresses: dict[str, str], timeout_s: float) -> dict[str, int | None]:
+    """name -> gRPC health status (None: no answer), all at once. Health is
+    open on every component, so this needs no credentials."""
+    if not addresses:
+        return {}
+    with ThreadPoolExecutor(min(NODE_CALLS_IN_FLIGHT, len(addresses))) as pool:
+        answers = list(pool.map(lambda a: health.grpc_health(a, timeout_s), addresses.values()))
+    return dict(zip(addresses, answers, strict=True))
 
 
 def move_rows(moves: list[metrics.MoveRecord]) -> list[dict[str, Any]]:
@@ -242,6 +266,11 @@ def collect(
         client.close()
     call = call or node_info_call(secret, timeout_s)
     addresses = {s: str(e["address"]) for s, e in shards.items() if e.get("address")}
+    probed = probe_health(
+        {f"c/{k}": str(e.get("address", "")) for k, e in coordinators.items()}
+        | {f"g/{k}": str(e.get("address", "")) for k, e in gateways.items()},
+        timeout_s,
+    )
     first = _sample(call, addresses)
     second: dict[str, tuple[float, Any]] = {}
     if sample_s > 0:
@@ -256,13 +285,16 @@ def collect(
             "shards": slot_map.shard_ids() if slot_map else [],
         },
         "shards": shard_rows(slot_map, shards, first, second),
-        "coordinators": coordinator_section(leader, coordinators),
+        "coordinators": coordinator_section(
+            leader, coordinators, {k[2:]: v for k, v in probed.items() if k.startswith("c/")}
+        ),
         "gateways": [
             {
                 "gateway_id": gateway_id,
                 "address": entry.get("address", ""),
                 "http_address": entry.get("http_address", ""),
                 "metrics_address": entry.get("metrics_address", ""),
+                "state": health_state(probed.get(f"g/{gateway_id}")),
             }
             for gateway_id, entry in sorted(gateways.items())
         ],

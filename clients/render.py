@@ -154,8 +154,15 @@ SHARD_HEADER = ("SHARD", "ADDRESS", "STATE", "SLOTS", "RANGES", "ACCOUNTS", "JOU
 MOVE_HEADER = ("MOVE", "PHASE", "FROM -> TO", "SLOTS", "ACCOUNTS", "PROGRESS", "ERROR")
 
 
+def _state(state: str | None) -> str:
+    """Healthy states in lower case, trouble in upper case (it should catch the eye)."""
+    if state is None:
+        return "-"
+    return state if state in ("up", "standby") else state.upper()
+
+
 def _shard_row(s: dict[str, Any]) -> list[str]:
-    state = "up" if s["state"] == "up" else s["state"].upper()
+    state = _state(s["state"])
     keys = ("accounts", "journal_seq", "transfers_per_s", "in_doubt_legs", "writer_queue_items")
     return [s["shard_id"], _cell(s["address"]), state, str(s["slots"]), _ranges(s["slot_ranges"])] + [
         _cell(s.get(key)) for key in keys
@@ -179,17 +186,20 @@ def status(report: dict[str, Any]) -> str:
     coordinators = report["coordinators"]
     lines += ["", f"coordinator leader {coordinators['leader'] or 'NONE'} (epoch {coordinators['epoch']})"]
     members_rows = [
-        [c["coordinator_id"], c["address"], c["role"], _cell(c["metrics_address"])]
+        [c["coordinator_id"], c["address"], c["role"], _state(c.get("state")), _cell(c["metrics_address"])]
         for c in coordinators["members"]
     ]
-    lines.append(table(["COORDINATOR", "ADDRESS", "ROLE", "METRICS"], members_rows))
+    lines.append(table(["COORDINATOR", "ADDRESS", "ROLE", "STATE", "METRICS"], members_rows))
     gateway_rows = [
-        [g["gateway_id"], g["address"], _cell(g["http_address"]), _cell(g["metrics_address"])]
+        [g["gateway_id"], g["address"], _state(g.get("state")), _cell(g["http_address"]),
+         _cell(g["metrics_address"])]
         for g in report["gateways"]
-    ]
+    ]  # fmt: skip
     lines.append("")
     lines.append(
-        table(["GATEWAY", "ADDRESS", "HTTP", "METRICS"], gateway_rows) if gateway_rows else "gateways: none"
+        table(["GATEWAY", "ADDRESS", "STATE", "HTTP", "METRICS"], gateway_rows)
+        if gateway_rows
+        else "gateways: none"
     )
     lines += ["", moves(report["moves"])]
     if report.get("unreadable_move_keys"):

@@ -182,9 +182,9 @@ def test_status_shows_the_cluster_and_moves_in_progress(
     assert shards["shard-1"]["accounts"] >= 2
     coordinators = report["coordinators"]
     assert coordinators["leader"] in ("coord-1", "coord-2") and coordinators["epoch"] > 0
-    roles = sorted(m["role"] for m in coordinators["members"])
-    assert roles == ["leader", "standby"]
-    assert [g["gateway_id"] for g in report["gateways"]] == ["gw-1"]
+    roles = sorted((m["role"], m["state"]) for m in coordinators["members"])
+    assert roles == [("leader", "up"), ("standby", "standby")]
+    assert [(g["gateway_id"], g["state"]) for g in report["gateways"]] == [("gw-1", "up")]
     by_id = {m["move_id"]: m for m in report["moves"]}
     assert set(by_id) == {moves["running"], moves["done"]}  # the garbage key is skipped, not a crash
     running = by_id[moves["running"]]

@@ -118,3 +118,22 @@ def test_progress_bar_bounds() -> None:
     assert render.progress_bar(0.0, 10) == "[..........]   0.0%"
     assert render.progress_bar(0.5, 10) == "[#####.....]  50.0%"
     assert render.progress_bar(1.5, 10).startswith("[##########]")
+
+
+def test_health_states_of_coordinators_and_gateways() -> None:
+    from clients import health
+
+    leader = meta.Leader("coord-1", "h:71", 7)
+    registered = {
+        "coord-1": {"address": "h:71"},
+        "coord-2": {"address": "h:72"},
+        "coord-3": {"address": "h:73"},
+    }
+    probed = {"coord-1": health.SERVING, "coord-2": health.NOT_SERVING, "coord-3": None}
+    states = [m["state"] for m in cluster_status.coordinator_section(leader, registered, probed)["members"]]
+    assert states == ["up", "standby", "unreachable"]
+    assert cluster_status.health_state(health.NOT_SERVING) == "not_serving"
+    assert "UNREACHABLE" in render.status(
+        report([]) | {"gateways": [{"gateway_id": "gw-1", "address": "h:1", "http_address": "",
+                                    "metrics_address": "", "state": "unreachable"}]}
+    )  # fmt: skip
