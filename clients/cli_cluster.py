@@ -12,20 +12,20 @@ from types import FrameType
 from typing import Any
 
 import grpc
-from google.protobuf import json_format
 
-from clients import render
-from clients.client import BankClient
+from clients import cluster_status, render
 from clients.cluster_state import ClusterState, read_state, running
 from clients.errors import ShardbankError
 from clients.local_cluster import LocalCluster
 from loadtest import bench
 from shardbank import errors as bank_errors
+from shardbank.service_auth import SECRET_FILE_NAME, read_secret
 
 # How often `shardbank up` looks for children that died.
 WATCH_INTERVAL_S = 1.0
-# A status call should answer fast or say the gateway is down.
+# Each etcd read or node call of `status` answers fast or counts as down.
 STATUS_DEADLINE_S = 3.0
+DEFAULT_ETCD = "127.0.0.1:2379"
 
 
 def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -37,8 +37,26 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     up.add_argument("--etcd-port", type=int, default=2379, help="peers use the next port")
     up.add_argument("--http-port", type=int, default=8080, help="the gateway's HTTP/JSON API")
     up.set_defaults(handler=cmd_up)
-    status = commands.add_parser("status", parents=[common], help="shards, slot map, coordinator leader")
+    status = commands.add_parser(
+        "status", parents=[common], help="etcd, shards, coordinators, gateways and slot moves, from etcd"
+    )
     status.add_argument("--data-dir", default="./var", help="where `shardbank up` keeps cluster.json")
+    status.add_argument(
+        "--etcd",
+        default="",
+        help="etcd host:port (default: the one in DATA/cluster.json, else 127.0.0.1:2379)",
+    )
+    status.add_argument(
+        "--cluster-secret-file",
+        default="",
+        help="signs the calls to the nodes (default: DATA/cluster.secret when it exists)",
+    )
+    status.add_argument(
+        "--sample-s",
+        type=float,
+        default=cluster_status.SAMPLE_S_DEFAULT,
+        help="seconds between the two node samples that give transfers/s (0: no rate)",
+    )
     status.set_defaults(handler=cmd_status)
     verify = commands.add_parser("verify", parents=[common], help="check the journals of stopped shards")
     verify.add_argument("--data-dir", required=True)
@@ -70,6 +88,8 @@ def endpoints(cluster: LocalCluster) -> dict[str, Any]:
         "nodes": cluster.node_addresses,
         "coordinators": cluster.coordinator_addresses,
         "etcd": cluster.etcd_endpoint,
+        "metrics": cluster.metrics_addresses,
+        "prometheus_targets": str(cluster.prometheus_targets_path) if cluster.metrics else "",
         "data_dir": str(cluster.data_dir),
         "log_dir": str(cluster.log_dir),
     }
@@ -84,6 +104,9 @@ def _print_endpoints(cluster: LocalCluster, as_json: bool) -> None:
     rows += [(name, address) for name, address in found["nodes"].items()]
     rows += [(name, address) for name, address in found["coordinators"].items()]
     rows += [("etcd", found["etcd"]), ("data dir", found["data_dir"]), ("logs", found["log_dir"])]
+    if found["prometheus_targets"]:
+        rows.append(("metrics", f"{len(found['metrics'])} /metrics endpoints; file_sd targets: "
+                                f"{found['prometheus_targets']}"))  # fmt: skip
     print(render.fields(rows), flush=True)
     print(f"shardbank is up; export SHARDBANK_GATEWAY={found['gateway']}; Ctrl-C stops it", flush=True)
 
@@ -150,34 +173,48 @@ def _components(state: ClusterState | None) -> list[dict[str, Any]]:
     ]
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    state = read_state(Path(args.data_dir))
-    components = _components(state)
-    error: ShardbankError | None = None
-    info = None
-    try:
-        from clients.cli_auth import resolve_token
+def status_sources(args: argparse.Namespace) -> tuple[str, bytes]:
+    """The etcd endpoint and cluster secret `status` uses: flags first, then
+    what `shardbank up` left in the data dir, then etcd's default port."""
+    data_dir = Path(args.data_dir)
+    state = read_state(data_dir)
+    endpoint = args.etcd or (state.etcd if state is not None else "") or DEFAULT_ETCD
+    secret_path = Path(args.cluster_secret_file) if args.cluster_secret_file else data_dir / SECRET_FILE_NAME
+    secret = b""
+    if args.cluster_secret_file or secret_path.exists():
+        try:
+            secret = read_secret(secret_path)
+        except (OSError, ValueError) as exc:
+            raise ShardbankError(
+                grpc.StatusCode.INVALID_ARGUMENT, bank_errors.INVALID_ARGUMENT, f"cluster secret: {exc}"
+            ) from None
+    return endpoint, secret
 
-        token = resolve_token(args)
-        with BankClient(args.gateway, deadline_s=min(args.deadline, STATUS_DEADLINE_S), token=token) as bank:
-            info = bank.cluster_info()
-    except ShardbankError as exc:
-        error = exc
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Exit 0 when etcd answered (down shards or coordinators are shown, not
+    raised), 1 when etcd could not be read."""
+    if not 0 <= args.sample_s <= cluster_status.SAMPLE_S_MAX:
+        raise ShardbankError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            bank_errors.INVALID_ARGUMENT,
+            f"--sample-s must be 0..{cluster_status.SAMPLE_S_MAX:g}",
+        )
+    endpoint, secret = status_sources(args)
+    report = cluster_status.collect(endpoint, secret, args.sample_s, min(args.deadline, STATUS_DEADLINE_S))
+    report["components"] = _components(read_state(Path(args.data_dir)))
     if args.json:
-        cluster = None if info is None else json_format.MessageToDict(info, preserving_proto_field_name=True)
-        print(json.dumps({"gateway": args.gateway, "cluster": cluster, "components": components}, indent=2))
+        print(json.dumps(report, indent=2))
     else:
-        if info is not None:
-            print(render.cluster(info))
-        if components:
+        print(render.status(report))
+        if report["components"]:
             print()
             rows = [
-                [c["name"], c["kind"], c["address"], str(c["pid"] or "-"), c["state"]] for c in components
+                [c["name"], c["kind"], c["address"], str(c["pid"] or "-"), c["state"]]
+                for c in report["components"]
             ]
-            print(render.table(["COMPONENT", "KIND", "ADDRESS", "PID", "STATE"], rows))
-    if error is not None:
-        raise error
-    return 0
+            print(render.table(["PROCESS", "KIND", "ADDRESS", "PID", "STATE"], rows))
+    return 0 if report["ok"] else 1
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -65,6 +66,12 @@ COMPONENT_RUNNING = "COMPONENT_RUNNING"
 # Ports of `shardbank up` relative to base_port (the gateway's): nodes +10.., coordinators +20..
 NODE_PORT_OFFSET = 10
 COORDINATOR_PORT_OFFSET = 20
+# Prometheus /metrics ports with a base port: gateway +30, nodes +40.., coordinators +50..
+GATEWAY_METRICS_PORT_OFFSET = 30
+NODE_METRICS_PORT_OFFSET = 40
+COORDINATOR_METRICS_PORT_OFFSET = 50
+# Prometheus file_sd targets, under the data dir (see `prometheus_targets`).
+PROMETHEUS_TARGETS_FILE = "prometheus/targets.json"
 # Each health probe's own deadline.
 PROBE_TIMEOUT_S = 1.0
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,6 +96,8 @@ class ComponentSpec:
     # host:port it serves (etcd: its client endpoint).
     address: str
     argv: tuple[str, ...]
+    # host:port of its Prometheus /metrics ("" for etcd or when metrics are off).
+    metrics_address: str = ""
 
 
 @dataclass(frozen=True)
@@ -117,9 +126,11 @@ class LocalCluster:
         start_timeout_s: float = 60.0,
         stop_timeout_s: float = 10.0,
         authenticate_services: bool = True,
+        metrics: bool = True,
     ) -> None:
         """`base_port=None`: every port not given is a free one (tests). With a
-        base port: gateway base, nodes base+10+i, coordinators base+20+i.
+        base port: gateway base, nodes base+10+i, coordinators base+20+i, and
+        their /metrics at base+30 (gateway), base+40+i, base+50+i (`metrics=False`: none).
         `shards=0`, `coordinators=0`, `gateway=False` leave those out (etcd alone)."""
         if shards < 0 or coordinators < 0:
             raise ValueError("shards and coordinators must be >= 0")
@@ -135,7 +146,8 @@ class LocalCluster:
         self.stop_timeout_s = stop_timeout_s
         self.authenticate_services = authenticate_services
         self.secret_file = self.data_dir / service_auth.SECRET_FILE_NAME
-        spare = iter(processes.free_ports(4 + shards + coordinators))
+        self.metrics = metrics
+        spare = iter(processes.free_ports(4 + 2 * (shards + coordinators + 1)))
         # An explicit etcd port takes the next one for peers (2379/2380), as etcd's defaults do.
         peer_port = etcd_port + 1 if etcd_port is not None else next(spare)
         etcd_port = etcd_port if etcd_port is not None else next(spare)
@@ -149,14 +161,24 @@ class LocalCluster:
         def port(offset: int, index: int) -> int:
             return base_port + offset + index if base_port is not None else next(spare)
 
+        def metrics_port(offset: int, index: int) -> int:
+            return port(offset, index) if metrics else 0
+
         self._specs: dict[str, ComponentSpec] = {}
         self._add(ETCD, ETCD, self.etcd_endpoint, self._etcd_argv(etcd_port, peer_port))
         for i in range(1, shards + 1):
-            self._add_python(f"shard-{i}", LEDGER_NODE, port(NODE_PORT_OFFSET, i - 1), "--shard-id")
+            self._add_python(
+                f"shard-{i}", LEDGER_NODE, port(NODE_PORT_OFFSET, i - 1), "--shard-id",
+                metrics_port(NODE_METRICS_PORT_OFFSET, i - 1),
+            )  # fmt: skip
         for i in range(1, coordinators + 1):
-            self._add_python(f"coord-{i}", COORDINATOR, port(COORDINATOR_PORT_OFFSET, i - 1), "--id")
+            self._add_python(
+                f"coord-{i}", COORDINATOR, port(COORDINATOR_PORT_OFFSET, i - 1), "--id",
+                metrics_port(COORDINATOR_METRICS_PORT_OFFSET, i - 1),
+            )  # fmt: skip
         if gateway:
-            self._add_python("gw-1", GATEWAY, gateway_port, "--id")
+            gateway_metrics_port = metrics_port(GATEWAY_METRICS_PORT_OFFSET, 0)
+            self._add_python("gw-1", GATEWAY, gateway_port, "--id", gateway_metrics_port)
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
         self._admin_token: str | None = None
         self._atexit_registered = False
@@ -167,10 +189,11 @@ class LocalCluster:
 
     # Specs.
 
-    def _add(self, name: str, kind: str, address: str, argv: list[str]) -> None:
-        self._specs[name] = ComponentSpec(name, kind, address, tuple(argv))
+    def _add(self, name: str, kind: str, address: str, argv: list[str], metrics_address: str = "") -> None:
+        self._specs[name] = ComponentSpec(name, kind, address, tuple(argv), metrics_address)
 
-    def _add_python(self, name: str, kind: str, port: int, id_flag: str) -> None:
+    def _add_python(self, name: str, kind: str, port: int, id_flag: str, metrics_port: int = 0) -> None:
+        """`metrics_port` 0: no /metrics."""
         address = f"127.0.0.1:{port}"
         argv = [self.python, "-m", kind, id_flag, name, "--listen", address]
         if kind == LEDGER_NODE:
@@ -179,7 +202,10 @@ class LocalCluster:
         argv += ["--cluster-secret-file", str(self.secret_file) if self.authenticate_services else ""]
         if kind == GATEWAY:
             argv += ["--http-listen", self.http_address]
-        self._add(name, kind, address, argv)
+        metrics_address = f"127.0.0.1:{metrics_port}" if metrics_port else ""
+        if metrics_port:
+            argv += ["--metrics-port", str(metrics_port)]
+        self._add(name, kind, address, argv, metrics_address)
 
     def _etcd_argv(self, client_port: int, peer_port: int) -> list[str]:
         client_url = f"http://127.0.0.1:{client_port}"
@@ -242,6 +268,39 @@ class LocalCluster:
     def coordinator_addresses(self) -> dict[str, str]:
         return {name: self.address(name) for name in self.names(COORDINATOR)}
 
+    @property
+    def metrics_addresses(self) -> dict[str, str]:
+        """Component name -> host:port of its /metrics (components that serve one)."""
+        return {spec.name: spec.metrics_address for spec in self._ordered() if spec.metrics_address}
+
+    @property
+    def prometheus_targets_path(self) -> Path:
+        return self.data_dir / PROMETHEUS_TARGETS_FILE
+
+    def prometheus_targets(self) -> list[dict[str, object]]:
+        """Prometheus file_sd target groups: one per component, labelled with
+        its kind (`job`) and name (`shard` for nodes too), so dashboards can
+        group by them. Not `component`: the metrics carry that label
+        themselves, and a target label of the same name would rename theirs."""
+        groups: list[dict[str, object]] = []
+        for spec in self._ordered():
+            if not spec.metrics_address:
+                continue
+            labels = {"job": f"shardbank_{spec.kind}", "name": spec.name}
+            if spec.kind == LEDGER_NODE:
+                labels["shard"] = spec.name
+            groups.append({"targets": [spec.metrics_address], "labels": labels})
+        return groups
+
+    def write_prometheus_targets(self) -> Path:
+        """Write the file_sd targets JSON (atomically: Prometheus re-reads it on change)."""
+        path = self.prometheus_targets_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(self.prometheus_targets(), indent=2) + "\n", encoding="utf-8")
+        temporary.replace(path)
+        return path
+
     def _ordered(self) -> list[ComponentSpec]:
         return sorted(self._specs.values(), key=lambda spec: KIND_ORDER.index(spec.kind))
 
@@ -272,6 +331,8 @@ class LocalCluster:
             self._atexit_registered = True
         try:
             self._launch_group([ETCD])
+            if self.metrics:
+                self.write_prometheus_targets()
             self._init_slot_map()
             self._ensure_admin_token()
             for kind in (LEDGER_NODE, COORDINATOR, GATEWAY):

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from typing import Any
 
 from shardbank import identity, ids
 from shardbank.money import format_amount
-from shardbank.v1 import bank_pb2, ledger_pb2, types_pb2
+from shardbank.v1 import ledger_pb2, types_pb2
 
 
 def _enum(descriptor_name: str, prefix: str, value: int) -> str:
@@ -138,24 +139,92 @@ def history(page: ledger_pb2.ListHistoryResponse) -> str:
     return text
 
 
-def cluster(info: bank_pb2.ClusterInfo) -> str:
-    leader = info.coordinator_leader or "none"
-    head = (
-        f"slot map version {info.slot_map_version} ({info.slot_count} slots); "
-        f"coordinator leader {leader} (epoch {info.coordinator_epoch})"
+def _cell(value: Any) -> str:
+    return "-" if value is None or value == "" else str(value)
+
+
+def _ranges(runs: Sequence[str], shown_max: int = 3) -> str:
+    if not runs:
+        return "-"
+    more = f" +{len(runs) - shown_max}" if len(runs) > shown_max else ""
+    return ",".join(runs[:shown_max]) + more
+
+
+SHARD_HEADER = ("SHARD", "ADDRESS", "STATE", "SLOTS", "RANGES", "ACCOUNTS", "JOURNAL", "TRANSFERS/S",
+                "IN-DOUBT", "QUEUE")  # fmt: skip
+MOVE_HEADER = ("MOVE", "PHASE", "FROM -> TO", "SLOTS", "ACCOUNTS", "PROGRESS", "ERROR")
+
+
+def _state(state: str | None) -> str:
+    """Healthy states in lower case, trouble in upper case (it should catch the eye)."""
+    if state is None:
+        return "-"
+    return state if state in ("up", "standby") else state.upper()
+
+
+def _shard_row(s: dict[str, Any]) -> list[str]:
+    state = _state(s["state"])
+    keys = ("accounts", "journal_seq", "transfers_per_s", "in_doubt_legs", "writer_queue_items")
+    return [s["shard_id"], _cell(s["address"]), state, str(s["slots"]), _ranges(s["slot_ranges"])] + [
+        _cell(s.get(key)) for key in keys
+    ]
+
+
+def status(report: dict[str, Any]) -> str:
+    """`shardbank status` as text (the report of `clients.cluster_status.collect`)."""
+    etcd = report["etcd"]
+    if not report.get("ok"):
+        return f"etcd {etcd['endpoint']}: DOWN ({etcd.get('error', 'unhealthy')}); nothing else can be read"
+    members = ", ".join(f"{m['name']} {','.join(m['client_urls'])}" for m in etcd["members"])
+    lines = [
+        f"etcd {etcd['endpoint']}: {'healthy' if etcd['healthy'] else 'UNHEALTHY'}, v{etcd['version']}, "
+        f"leader {etcd['leader'] or '-'}, members: {members or '-'}",
+        f"slot map version {report['slot_map']['version']} ({report['slot_map']['slot_count']} slots)",
+        "",
+        table(SHARD_HEADER, [_shard_row(s) for s in report["shards"]]),
+    ]
+    lines += [f"  {s['shard_id']}: {s['error']}" for s in report["shards"] if s.get("error")]
+    coordinators = report["coordinators"]
+    lines += ["", f"coordinator leader {coordinators['leader'] or 'NONE'} (epoch {coordinators['epoch']})"]
+    members_rows = [
+        [c["coordinator_id"], c["address"], c["role"], _state(c.get("state")), _cell(c["metrics_address"])]
+        for c in coordinators["members"]
+    ]
+    lines.append(table(["COORDINATOR", "ADDRESS", "ROLE", "STATE", "METRICS"], members_rows))
+    gateway_rows = [
+        [g["gateway_id"], g["address"], _state(g.get("state")), _cell(g["http_address"]),
+         _cell(g["metrics_address"])]
+        for g in report["gateways"]
+    ]  # fmt: skip
+    lines.append("")
+    lines.append(
+        table(["GATEWAY", "ADDRESS", "STATE", "HTTP", "METRICS"], gateway_rows)
+        if gateway_rows
+        else "gateways: none"
     )
+    lines += ["", moves(report["moves"])]
+    if report.get("unreadable_move_keys"):
+        lines.append(f"  not move records (skipped): {', '.join(report['unreadable_move_keys'])}")
+    return "\n".join(lines)
+
+
+def moves(found: Sequence[dict[str, Any]]) -> str:
+    """Unfinished moves with a progress bar; finished ones only counted."""
+    active = [m for m in found if not m["terminal"]]
+    finished = len(found) - len(active)
+    if not active:
+        return f"moves: none in progress ({finished} finished)"
     rows = [
         [
-            shard.shard_id,
-            shard.address or "-",
-            "up" if shard.up else "DOWN",
-            str(shard.slots),
-            str(shard.info.accounts) if shard.up else "-",
-            str(shard.info.journal_seq) if shard.up else "-",
-            str(shard.info.in_doubt_legs) if shard.up else "-",
+            m["move_id"], m["phase"], f"{m['source']} -> {m['target']}",
+            f"{m['slots']} ({m['first_slot']}..{m['last_slot']})" if m["slots"] else "0",
+            f"{m['accounts_copied']}/{m['accounts_total']}", progress_bar(m["progress"]), _cell(m["error"]),
         ]
-        for shard in info.shards
-    ]
-    return (
-        head + "\n" + table(["SHARD", "ADDRESS", "STATE", "SLOTS", "ACCOUNTS", "JOURNAL", "IN-DOUBT"], rows)
-    )
+        for m in active
+    ]  # fmt: skip
+    return f"moves in progress ({finished} finished):\n" + table(MOVE_HEADER, rows)
+
+
+def progress_bar(fraction: float, width: int = 20) -> str:
+    filled = max(0, min(width, round(fraction * width)))
+    return "[" + "#" * filled + "." * (width - filled) + f"] {fraction * 100:5.1f}%"

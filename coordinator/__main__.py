@@ -7,7 +7,7 @@ import asyncio
 
 from coordinator.recovery import PREPARE_TIMEOUT_MS_DEFAULT
 from coordinator.server import Config, serve
-from shardbank import logs, service_auth
+from shardbank import logs, metrics, service_auth
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
@@ -23,15 +23,23 @@ def parse_args(argv: list[str] | None = None) -> Config:
     )
     parser.add_argument("--log-level", default=None, help="debug, info, warning (default: info)")
     service_auth.add_secret_argument(parser)
+    metrics.add_port_argument(parser)
     args = parser.parse_args(argv)
     if args.prepare_timeout_ms < 1:
         parser.error("--prepare-timeout-ms must be positive")
-    logs.configure("coordinator", args.log_level)
+    logs.configure("coordinator", args.log_level, coordinator_id=args.id)
     try:
         secret = service_auth.load_cluster_secret(args.cluster_secret_file, args.id)
     except service_auth.SecretError as exc:
         parser.error(str(exc))
-    return Config(args.id, args.listen, args.etcd, args.prepare_timeout_ms, cluster_secret=secret)
+    return Config(
+        args.id,
+        args.listen,
+        args.etcd,
+        args.prepare_timeout_ms,
+        cluster_secret=secret,
+        metrics_port=args.metrics_port,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -80,7 +80,9 @@ class Election:
         address: str,
         ttl_s: int = meta.LEASE_TTL_S,
         poll_interval_s: float = POLL_INTERVAL_S,
+        registration_extra: dict[str, str] | None = None,
     ) -> None:
+        """`registration_extra`: more fields for /coordinators/<id> (e.g. metrics_address)."""
         self._endpoint = endpoint
         self._id = coordinator_id
         self._address = address
@@ -89,6 +91,7 @@ class Election:
         self._leader_value = json.dumps({"coordinator_id": coordinator_id, "address": address})
         self._registration_value = json.dumps(
             {"coordinator_id": coordinator_id, "address": address, "pid": os.getpid()}
+            | (registration_extra or {})
         )
         self._lock = threading.Lock()
         self._term: _Term | None = None

@@ -35,7 +35,7 @@ import structlog
 from coordinator import decisions
 from coordinator.decisions import Plan, Step, Truth, Verdict
 from coordinator.shards import Leadership, Shards
-from shardbank import errors, limits
+from shardbank import errors, limits, metrics
 from shardbank.directory import UnknownShard
 from shardbank.v1 import ledger_pb2, types_pb2
 
@@ -103,6 +103,7 @@ class Recovery:
         if epoch == 0:
             return 0
         doubts = await self._collect()
+        metrics.IN_DOUBT_FOUND.set(len(doubts))
         if not doubts:
             return 0
         verdicts = await self._decide(doubts, epoch)
@@ -121,6 +122,7 @@ class Recovery:
                     reason=verdict.reason,
                 )
                 continue
+            metrics.IN_DOUBT_RESOLVED.labels(verdict.truth.value.lower()).inc()
             log.info(
                 "in_doubt_resolved",
                 transfer_id=transfer_id,

@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -25,7 +27,7 @@ from coordinator.election import Election, LeaderView
 from coordinator.recovery import PREPARE_TIMEOUT_MS_DEFAULT, Recovery
 from coordinator.shards import Deadlines, Shards
 from coordinator.twopc import TwoPhaseCommit
-from shardbank import errors, limits, meta, service_auth
+from shardbank import errors, limits, meta, metrics, service_auth
 from shardbank.directory import CHANNEL_OPTIONS, ShardDirectory
 from shardbank.v1 import coordinator_pb2, coordinator_pb2_grpc, types_pb2
 
@@ -46,6 +48,8 @@ class Config:
     prepare_timeout_ms: int = PREPARE_TIMEOUT_MS_DEFAULT
     # Signs calls to nodes and is required of callers (service_auth); b"": off.
     cluster_secret: bytes = field(default=b"", repr=False)
+    # Prometheus /metrics on this port, same host as `listen`; 0: off.
+    metrics_port: int = 0
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     ) -> coordinator_pb2.CoordinatorSubmitResponse:
         request_id = uuid.uuid4().hex[:16]
         failure: errors.BankError | None = None
+        began = time.perf_counter()
+        metrics.BATCH_ITEMS.labels(metrics.COORDINATOR, "SubmitTransfers").observe(len(request.transfers))
         try:
             with structlog.contextvars.bound_contextvars(request_id=request_id):
                 return await self._submit(request)
@@ -89,6 +95,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             failure = errors.BankError(
                 grpc.StatusCode.INTERNAL, errors.INTERNAL, f"internal error; request_id={request_id}"
             )
+        finally:
+            metrics.RPC_DURATION.labels(metrics.COORDINATOR, "SubmitTransfers").observe(
+                time.perf_counter() - began
+            )
+        metrics.RPC_FAILURES.labels(metrics.COORDINATOR, "SubmitTransfers", failure.code.name).inc()
         if failure.reason == errors.NOT_LEADER:
             await context.abort_with_status(not_leader_status(self._election.view()))
         await errors.abort(context, failure)
@@ -146,10 +157,13 @@ class CoordinatorApp:
         port = self.server.add_insecure_port(config.listen)
         host = config.listen.rpartition(":")[0] or "127.0.0.1"
         self.address = f"{host}:{port}"
+        self.metrics_address = metrics.start_for(config.listen, config.metrics_port)
+        self._unregister_metrics: list[Callable[[], None]] = []
         self.directory = ShardDirectory(
             config.etcd, service_auth.channel_interceptors(config.cluster_secret, config.coordinator_id)
         )
-        self.election = Election(config.etcd, config.coordinator_id, self.address)
+        extra = {"metrics_address": self.metrics_address} if self.metrics_address else None
+        self.election = Election(config.etcd, config.coordinator_id, self.address, registration_extra=extra)
         self.shards = Shards(self.directory, self.election, Deadlines())
         self.twopc = TwoPhaseCommit(self.shards, self.election)
         self.recovery = Recovery(self.shards, self.election, config.prepare_timeout_ms)
@@ -170,6 +184,13 @@ class CoordinatorApp:
             self.server,
         )
         await self._set_health(False)
+        if self.metrics_address:
+            collector = metrics.MoveCollector(
+                lambda: meta.connect(self.config.etcd),
+                lambda: self.election.is_leader,
+                lambda: time.time_ns() // 1_000_000,
+            )
+            self._unregister_metrics.append(metrics.register(collector))
         await self.server.start()
         self._tasks = [
             asyncio.create_task(self._start_directory(), name="directory"),
@@ -200,6 +221,8 @@ class CoordinatorApp:
                 await task
         await asyncio.to_thread(self.election.stop)
         await self.directory.close()
+        for unregister in self._unregister_metrics:
+            unregister()
         log.info("stopped", coordinator_id=self.config.coordinator_id)
 
     async def _start_directory(self) -> None:
@@ -229,8 +252,11 @@ class CoordinatorApp:
         leading = False
         while True:
             view = self.election.view()
+            metrics.EPOCH.set(view.epoch)
             if view.is_leader != leading:
                 leading = view.is_leader
+                metrics.IS_LEADER.set(1 if leading else 0)
+                metrics.LEADER_CHANGES.inc()
                 log.info(
                     "leadership_changed",
                     is_leader=leading,

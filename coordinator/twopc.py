@@ -28,7 +28,7 @@ import structlog
 from coordinator import decisions
 from coordinator.decisions import Answer, Plan, Step, Truth, Verdict
 from coordinator.shards import Leadership, Shards
-from shardbank import errors, limits
+from shardbank import errors, limits, metrics
 from shardbank.directory import UnknownShard
 from shardbank.v1 import ledger_pb2, types_pb2
 
@@ -145,6 +145,7 @@ class TwoPhaseCommit:
             if not item.future.done() and id(item) not in waiting:  # a bug; never leave a caller hanging
                 log.error("item_unanswered", transfer_id=item.transfer.id)
                 _resolve(item, decisions.unavailable(item.transfer, errors.INTERNAL, "outcome not learned"))
+        _count_round(items, waiting, time.monotonic() - started)
         log.info(
             "round_done",
             items=len(items),
@@ -339,6 +340,8 @@ class TwoPhaseCommit:
                 epoch=epoch,
                 status=types_pb2.TransferStatus.Name(result.status),
                 reason=result.reason,
+                debit_account_id=transfer.debit_account_id,
+                credit_account_id=transfer.credit_account_id,
                 debit_shard=leg.debit_shard,
                 credit_shard=leg.credit_shard,
             )
@@ -363,6 +366,22 @@ class TwoPhaseCommit:
                 else:
                     _resolve(item, answer[index])
         return retry
+
+
+def _count_round(items: list[_Item], waiting: set[int], elapsed_s: float) -> None:
+    """Metrics of one round: its size, its time, and one inc(n) per outcome."""
+    metrics.ROUND_ITEMS.observe(len(items))
+    metrics.ROUND_DURATION.observe(elapsed_s)
+    outcomes: collections.Counter[str] = collections.Counter(
+        metrics.outcome_label(item.future.result())
+        for item in items
+        if id(item) not in waiting
+        and item.future.done()
+        and not item.future.cancelled()
+        and item.future.exception() is None
+    )
+    for outcome, count in outcomes.items():
+        metrics.COORDINATOR_TRANSFERS.labels(outcome).inc(count)
 
 
 def _classify_checked(leg: ledger_pb2.Leg, transfer_id: str, shard_id: str) -> Answer:

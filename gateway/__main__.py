@@ -6,7 +6,7 @@ import argparse
 import asyncio
 
 from gateway.server import GatewayConfig, serve
-from shardbank import logs, service_auth
+from shardbank import logs, metrics, service_auth
 
 
 def parse_args(argv: list[str] | None = None) -> GatewayConfig:
@@ -20,8 +20,9 @@ def parse_args(argv: list[str] | None = None) -> GatewayConfig:
         "--http-listen", default="", help="host:port for the HTTP/JSON API (e.g. 127.0.0.1:8080); empty: none"
     )
     service_auth.add_secret_argument(parser)
+    metrics.add_port_argument(parser)
     args = parser.parse_args(argv)
-    logs.configure("gateway")
+    logs.configure("gateway", gateway_id=args.id)
     try:
         secret = service_auth.load_cluster_secret(args.cluster_secret_file, args.id)
     except service_auth.SecretError as exc:
@@ -32,6 +33,7 @@ def parse_args(argv: list[str] | None = None) -> GatewayConfig:
         etcd_endpoint=args.etcd,
         http_listen=args.http_listen,
         cluster_secret=secret,
+        metrics_port=args.metrics_port,
     )
 
 

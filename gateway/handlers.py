@@ -18,7 +18,7 @@ from gateway.auth import guard
 from gateway.auth.principal import Principal
 from gateway.dispatch import Budget
 from gateway.upstream import Cluster, downstream_error, unavailable
-from shardbank import errors, ids, slots
+from shardbank import errors, ids, metrics, slots
 from shardbank.v1 import bank_pb2, ledger_pb2, ledger_pb2_grpc, types_pb2
 
 log = structlog.get_logger("gateway")
@@ -260,6 +260,7 @@ class BankHandlers:
         self, request: bank_pb2.SubmitTransfersRequest, budget: Budget
     ) -> ledger_pb2.TransfersResponse:
         validation.check_batch(request.transfers)
+        metrics.BATCH_ITEMS.labels(metrics.GATEWAY, "SubmitTransfers").observe(len(request.transfers))
         caller = self._caller()
         guard.check_transfer_kinds(caller, request.transfers)
         results, indices, clean = split_valid(
@@ -271,6 +272,7 @@ class BankHandlers:
         outcomes = merge(results, indices, routed)
         await self._audit_money(caller, outcomes)
         self._log_transfers(outcomes)
+        metrics.count_transfers(outcomes)
         return ledger_pb2.TransfersResponse(transfers=outcomes)
 
     async def _customer_debits(
@@ -324,6 +326,17 @@ class BankHandlers:
             # Canonical ids only: a rejected item's id is whatever text the caller sent.
             transfer_ids=[o.id for o in outcomes if o.status != types_pb2.TRANSFER_STATUS_REJECTED][
                 :LOGGED_IDS_MAX
+            ],
+            # Account ids (never holder details) of the first refusals: what an operator asks about.
+            refusals=[
+                {
+                    "transfer_id": o.id,
+                    "debit_account_id": o.debit_account_id,
+                    "credit_account_id": o.credit_account_id,
+                    "reason": o.reason,
+                }
+                for o in refused[:LOGGED_IDS_MAX]
+                if o.status != types_pb2.TRANSFER_STATUS_REJECTED
             ],
         )
         unsettled = [o.id for o in refused if o.code == grpc.StatusCode.UNAVAILABLE.value[0]]

@@ -29,7 +29,7 @@ from gateway.auth.interceptor import AuthInterceptor
 from gateway.auth.keys import KeyCache
 from gateway.handlers import BankHandlers
 from gateway.upstream import Cluster
-from shardbank import limits, meta, service_auth
+from shardbank import limits, meta, metrics, service_auth
 from shardbank.v1 import bank_pb2, bank_pb2_grpc
 
 log = structlog.get_logger("gateway.server")
@@ -55,6 +55,8 @@ class GatewayConfig:
     http_listen: str = ""
     # Signs calls to nodes and the coordinator (service_auth); b"": unsigned.
     cluster_secret: bytes = field(default=b"", repr=False)
+    # Prometheus /metrics on this port, same host as `listen`; 0: off.
+    metrics_port: int = 0
 
 
 class Gateway:
@@ -74,12 +76,16 @@ class Gateway:
         self._health_task: asyncio.Task[None] | None = None
         self._http: Any = None
         self.http_port = 0
+        self.metrics_address = ""
 
     async def start(self) -> None:
         await self._set_health(self._cluster.has_slot_map())
         await self._server.start()
         self._health_task = asyncio.create_task(self._follow_health())
         value = {"gateway_id": self.config.gateway_id, "address": self.address, "pid": os.getpid()}
+        self.metrics_address = metrics.start_for(self.config.listen, self.config.metrics_port)
+        if self.metrics_address:
+            value["metrics_address"] = self.metrics_address
         key = meta.GATEWAYS + self.config.gateway_id
         if self.config.http_listen:
             from gateway.http import bound_port, create_app, start_http

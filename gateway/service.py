@@ -8,6 +8,7 @@ never the trace.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -18,7 +19,7 @@ import structlog
 from gateway.dispatch import Budget
 from gateway.handlers import BankHandlers
 from gateway.upstream import unavailable
-from shardbank import errors, limits
+from shardbank import errors, limits, metrics
 from shardbank.v1 import bank_pb2, bank_pb2_grpc, ledger_pb2, types_pb2
 
 log = structlog.get_logger("gateway.service")
@@ -48,6 +49,7 @@ class BankServicer(bank_pb2_grpc.BankServicer):
         request: Request,
         context: Context,
     ) -> Response:
+        began = time.perf_counter()
         try:
             return await handler(request, budget_of(context))
         except errors.BankError as error:
@@ -65,6 +67,9 @@ class BankServicer(bank_pb2_grpc.BankServicer):
                 grpc.StatusCode.INTERNAL, errors.INTERNAL, f"internal error; request id {request_id}"
             )
             failure.metadata["request_id"] = request_id
+        finally:
+            metrics.RPC_DURATION.labels(metrics.GATEWAY, name).observe(time.perf_counter() - began)
+        metrics.RPC_FAILURES.labels(metrics.GATEWAY, name, failure.code.name).inc()
         if failure.code != grpc.StatusCode.INVALID_ARGUMENT:
             log.info("refused", rpc=name, code=failure.code.name, reason=failure.reason)
         await errors.abort(context, failure)

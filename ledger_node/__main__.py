@@ -14,7 +14,7 @@ import sys
 import structlog
 
 from ledger_node.server import create_server
-from shardbank import logs, service_auth
+from shardbank import logs, metrics, service_auth
 
 log = structlog.get_logger("ledger_node")
 
@@ -28,6 +28,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--data-dir", default="var/shard-1", help="RocksDB directory (default var/shard-1)")
     parser.add_argument("--etcd", default="127.0.0.1:2379", help='etcd host:port; "" = standalone')
     service_auth.add_secret_argument(parser)
+    metrics.add_port_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -38,6 +39,7 @@ async def serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    node.metrics_address = metrics.start_for(args.listen, args.metrics_port)
     await node.start()
     await stop.wait()
     log.info("stopping", reason="signal")
@@ -47,7 +49,7 @@ async def serve(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    logs.configure("ledger_node")
+    logs.configure("ledger_node", shard_id=args.shard_id)
     try:
         return asyncio.run(serve(args))
     except service_auth.SecretError as exc:

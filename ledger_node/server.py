@@ -14,6 +14,7 @@ import asyncio
 import base64
 import collections
 import os
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias, TypeVar
@@ -28,7 +29,7 @@ from ledger_node import journal, keys
 from ledger_node.state import InvariantViolation, Ledger
 from ledger_node.store import Store
 from ledger_node.writer import Writer, wall_clock_ms
-from shardbank import errors, limits, meta, service_auth, slots
+from shardbank import errors, limits, meta, metrics, service_auth, slots
 from shardbank.errors import BankError
 from shardbank.v1 import ledger_pb2, ledger_pb2_grpc, types_pb2
 
@@ -80,9 +81,12 @@ class Ownership:
 
 
 def _guard(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
-    """One place that turns failures into statuses (see module doc)."""
+    """One place that turns failures into statuses (see module doc), and
+    that times every RPC (the histogram child is bound once, here)."""
+    duration = metrics.RPC_DURATION.labels(metrics.LEDGER_NODE, handler.__name__)
 
     async def guarded(self: LedgerNodeServicer, request: Req, context: Context) -> Resp:
+        began = time.perf_counter()
         try:
             return await handler(self, request, context)
         except BankError as error:
@@ -102,6 +106,9 @@ def _guard(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
             failure = BankError(
                 grpc.StatusCode.INTERNAL, errors.INTERNAL, f"internal error, request id {request_id}"
             )
+        finally:
+            duration.observe(time.perf_counter() - began)
+        metrics.RPC_FAILURES.labels(metrics.LEDGER_NODE, handler.__name__, failure.code.name).inc()
         await errors.abort(context, failure)
 
     guarded.__name__ = handler.__name__
@@ -155,6 +162,7 @@ class LedgerNodeServicer(ledger_pb2_grpc.LedgerNodeServicer):
     ) -> None:
         self.shard_id = shard_id
         self.address = ""
+        self.metrics_address = ""
         self._ledger = ledger
         self._store = store
         self._writer = writer
@@ -163,6 +171,7 @@ class LedgerNodeServicer(ledger_pb2_grpc.LedgerNodeServicer):
 
     async def _write(self, request: Any, count: int) -> Any:
         _check_batch(count)
+        metrics.BATCH_ITEMS.labels(metrics.LEDGER_NODE, type(request).__name__).observe(count)
         response = await self._writer.submit(request)
         if isinstance(response, BankError):
             raise response
@@ -345,6 +354,8 @@ class LedgerNodeServicer(ledger_pb2_grpc.LedgerNodeServicer):
             in_doubt_legs=len(ledger.in_doubt),
             transfers_applied=ledger.transfers_applied,
             pid=os.getpid(),
+            writer_queue_items=self._writer.queued_items,
+            metrics_address=self.metrics_address,
         )
 
 
@@ -394,6 +405,8 @@ class NodeServer:
         self.servicer = LedgerNodeServicer(
             shard_id, self.ledger, store, self.writer, ownership, self.on_fatal
         )
+        self._ownership = ownership
+        self._unregister_metrics: Callable[[], None] | None = None
         ledger_pb2_grpc.add_LedgerNodeServicer_to_server(self.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -421,8 +434,12 @@ class NodeServer:
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
         self._writer_task = asyncio.create_task(self.writer.run(), name="writer")
+        if self.metrics_address:
+            self._unregister_metrics = metrics.register(metrics.NodeCollector(self.metric_readings))
         if self._etcd:
             value = {"shard_id": self.shard_id, "address": self.address, "pid": os.getpid()}
+            if self.metrics_address:
+                value["metrics_address"] = self.metrics_address
             self._registration = meta.Registration(self._etcd, meta.SHARDS + self.shard_id, value).start()
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -439,8 +456,40 @@ class NodeServer:
             await self._writer_task
         if self._watcher is not None:
             self._watcher.stop()
+        if self._unregister_metrics is not None:
+            self._unregister_metrics()
         self._store.close()
         log.info("stopped", shard_id=self.shard_id)
+
+    @property
+    def metrics_address(self) -> str:
+        """host:port of /metrics ("" when off); set before start() to announce it."""
+        return self.servicer.metrics_address
+
+    @metrics_address.setter
+    def metrics_address(self, address: str) -> None:
+        self.servicer.metrics_address = address
+
+    def metric_readings(self) -> metrics.NodeReadings:
+        """Read at scrape time, from the metrics thread: plain numbers only
+        (len() and int reads are atomic under the GIL; RocksDB properties are thread-safe)."""
+        ledger = self.ledger
+        return metrics.NodeReadings(
+            gauges={
+                "shardbank_node_writer_queue_items": self.writer.queued_items,
+                "shardbank_node_in_doubt_legs": len(ledger.in_doubt),
+                "shardbank_node_journal_seq": ledger.journal_seq,
+                "shardbank_node_accounts": len(ledger.accounts),
+                "shardbank_node_slots_owned": self._ownership.slots_owned(),
+                "shardbank_node_slot_map_version": self._ownership.version(),
+                "shardbank_node_max_epoch_seen": ledger.max_epoch,
+            },
+            counters={
+                "shardbank_node_transfers_committed": ledger.transfers_applied,
+                "shardbank_node_group_commit_drains": self.writer.drains,
+            },
+            rocksdb=metrics.rocksdb_readings(self._store.property_int),
+        )
 
     async def on_fatal(self, exc: BaseException) -> None:
         """A broken invariant or a failed write: say so, stop serving, exit."""

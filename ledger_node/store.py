@@ -65,13 +65,24 @@ class Store:
             options.create_if_missing(True)
             self._db = Rdict(path, options)
         self.path = path
+        self._closed = False
         self._sync = WriteOptions()
         # Every acknowledged write must survive kill -9 and power loss: the
         # WAL is synced before write() returns.
         self._sync.sync = True
 
     def close(self) -> None:
+        self._closed = True
         self._db.close()
+
+    def property_int(self, name: str) -> int | None:
+        """A RocksDB integer property (e.g. "rocksdb.estimate-num-keys"), for
+        metrics; None if unknown or the DB is closed. Safe from another thread:
+        RocksDB's GetProperty is."""
+        if self._closed:
+            return None
+        value = self._db.property_int_value(name)
+        return None if value is None else int(value)
 
     def get(self, key: bytes) -> bytes | None:
         value = self._db.get(key)

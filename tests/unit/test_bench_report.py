@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 
 import pytest
@@ -159,3 +160,25 @@ def test_resident_ids_are_valid() -> None:
 
     for n in (0, 1, 999, 12345, 99999):
         identity.check_cn_resident_id(bench.resident_id(n))
+
+
+def test_one_shard_runs_only_the_single_shard_scenarios() -> None:
+    every = list(bench.SCENARIOS.values())
+    run, skipped = bench.runnable(every, shards=1)
+    assert [s.name for s in run] == ["S1"]
+    assert [s.name for s in skipped] == ["S2", "S3", "S4", "S5"]
+    assert bench.runnable(every, shards=2) == (every, [])
+
+
+def test_cpu_per_transfer_in_microseconds() -> None:
+    assert bench.cpu_us_per_transfer({"ledger_node": 0.5, "gateway": 0.25}, 10_000) == {
+        "gateway": 25.0,
+        "ledger_node": 50.0,
+    }
+    assert bench.cpu_us_per_transfer({"gateway": 1.0}, 0) == {}
+
+
+def test_process_cpu_reads_proc_and_tolerates_a_gone_process() -> None:
+    sum(i * i for i in range(200_000))  # spend a little CPU
+    assert bench.process_cpu_s(os.getpid()) > 0
+    assert bench.process_cpu_s(2**22 + 12345) == 0.0

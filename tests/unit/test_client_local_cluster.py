@@ -123,12 +123,17 @@ def test_ports_with_a_base_port(tmp_path: Path) -> None:
         "-m", "ledger_node", "--shard-id", "shard-2", "--listen", "127.0.0.1:50062",
         "--data-dir", str(tmp_path.resolve() / "shard-2"), "--etcd", "127.0.0.1:2379",
         "--cluster-secret-file", str(tmp_path.resolve() / "cluster.secret"),
+        "--metrics-port", "50092",
     )  # fmt: skip
     assert cluster.spec("gw-1").argv[1:] == (
         "-m", "gateway", "--id", "gw-1", "--listen", "127.0.0.1:50051", "--etcd", "127.0.0.1:2379",
         "--cluster-secret-file", str(tmp_path.resolve() / "cluster.secret"),
-        "--http-listen", "127.0.0.1:8080",
+        "--http-listen", "127.0.0.1:8080", "--metrics-port", "50081",
     )  # fmt: skip
+    assert cluster.metrics_addresses == {
+        "shard-1": "127.0.0.1:50091", "shard-2": "127.0.0.1:50092", "shard-3": "127.0.0.1:50093",
+        "coord-1": "127.0.0.1:50101", "coord-2": "127.0.0.1:50102", "gw-1": "127.0.0.1:50081",
+    }  # fmt: skip
     assert cluster.http_address == "127.0.0.1:8080"
     assert cluster.names() == ["etcd", "shard-1", "shard-2", "shard-3", "coord-1", "coord-2", "gw-1"]
 
@@ -137,20 +142,44 @@ def test_free_ports_are_distinct(tmp_path: Path) -> None:
     cluster = LocalCluster(tmp_path, shards=4, coordinators=3)
     addresses = [c.address for c in cluster.components()]
     assert len(set(addresses)) == len(addresses) == 9
+    metrics = list(cluster.metrics_addresses.values())
+    assert len(metrics) == 8  # every component but etcd
+    assert len(set(metrics + addresses + [cluster.http_address])) == 18
+
+
+def test_no_metrics_flag_when_metrics_are_off(tmp_path: Path) -> None:
+    cluster = LocalCluster(tmp_path, shards=1, coordinators=1, metrics=False)
+    assert cluster.metrics_addresses == {}
+    assert all("--metrics-port" not in cluster.spec(n).argv for n in cluster.names())
+    assert cluster.prometheus_targets() == []
+
+
+def test_prometheus_file_sd_targets(tmp_path: Path) -> None:
+    cluster = LocalCluster(tmp_path, shards=2, coordinators=1, base_port=50051)
+    path = cluster.write_prometheus_targets()
+    assert path == tmp_path.resolve() / "prometheus" / "targets.json"
+    groups = json.loads(path.read_text())
+    by_name = {g["labels"]["name"]: g for g in groups}
+    assert set(by_name) == {"shard-1", "shard-2", "coord-1", "gw-1"}
+    assert by_name["shard-2"] == {
+        "targets": ["127.0.0.1:50092"],
+        "labels": {"job": "shardbank_ledger_node", "name": "shard-2", "shard": "shard-2"},
+    }
+    assert by_name["gw-1"]["targets"] == ["127.0.0.1:50081"]
 
 
 def test_status_json_lists_components_from_the_state_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with etcd_only(tmp_path) as cluster:
-        code = cli.main(
-            ["status", "--json", "--data-dir", str(tmp_path), "--gateway", "127.0.0.1:1", "--deadline", "0.5"]
-        )
-        out, err = capsys.readouterr()
-        assert code == 1  # no gateway in this cluster
-        assert err.startswith("error: UNAVAILABLE")
+        # No --etcd: the endpoint comes from the state file `start()` wrote.
+        code = cli.main(["status", "--json", "--data-dir", str(tmp_path), "--sample-s", "0"])
+        out, _ = capsys.readouterr()
+        assert code == 0  # etcd answered; nothing else runs, which is reported, not an error
         data = json.loads(out)
-        assert data["cluster"] is None
+        assert data["ok"] and data["etcd"]["endpoint"] == cluster.etcd_endpoint
+        assert data["shards"] == [] and data["gateways"] == [] and data["moves"] == []
+        assert data["coordinators"]["leader"] == ""
         [etcd] = data["components"]
         assert (etcd["name"], etcd["pid"], etcd["state"]) == ("etcd", cluster.pid("etcd"), "running")
     assert os.path.exists(tmp_path / "cluster.json")
