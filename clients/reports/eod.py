@@ -89,12 +89,27 @@ def volume_per_hour(transfers: Sequence[DayTransfer], window: DayWindow) -> dict
 
 
 def in_doubt_lines(shard: str, legs: Sequence[ledger_pb2.Leg], now_ms: int, older_than_ms: int) -> list[str]:
-    return [
-        f"{shard} transfer {leg.transfer.id}: {ROLE_NAMES.get(leg.role, 'unknown')} leg PREPARED for "
-        f"{now_ms - leg.prepared_at_unix_ms} ms (limit {older_than_ms} ms: prepare timeout "
-        f"{PREPARE_TIMEOUT_MS_DEFAULT} ms + sweeps)"
-        for leg in legs
-    ]
+    """A line per leg left prepared too long. A transfer held for a risk
+    officer's review (Transfer.review_deadline_unix_ms set) is meant to wait:
+    it is late only once its deadline has passed by more than the grace in
+    which the expiry sweep rejects it."""
+    lines = []
+    for leg in legs:
+        role = ROLE_NAMES.get(leg.role, "unknown")
+        deadline = leg.transfer.review_deadline_unix_ms
+        if deadline:
+            if now_ms - deadline > IN_DOUBT_GRACE_MS:
+                lines.append(
+                    f"{shard} transfer {leg.transfer.id}: {role} leg held for review "
+                    f"{now_ms - deadline} ms past its review deadline"
+                )
+            continue
+        lines.append(
+            f"{shard} transfer {leg.transfer.id}: {role} leg PREPARED for "
+            f"{now_ms - leg.prepared_at_unix_ms} ms (limit {older_than_ms} ms: prepare timeout "
+            f"{PREPARE_TIMEOUT_MS_DEFAULT} ms + sweeps)"
+        )
+    return lines
 
 
 @dataclass

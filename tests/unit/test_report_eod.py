@@ -9,6 +9,7 @@ from clients.reports import day, eod
 from clients.reports.ledger_scan import Cut, ShardScan
 from clients.reports.model import BUSINESS, DEPOSIT, PAYMENT, TRANSFER, DayTransfer, Party
 from ledger_node.replay import ABORTED, COMMITTED, PREPARED
+from shardbank.v1 import ledger_pb2, types_pb2
 
 WINDOW = day.day_window(dt.date(2026, 11, 24), "Asia/Shanghai")
 HOUR_MS = 3_600_000
@@ -89,3 +90,27 @@ def test_counts_volumes_merchants_and_hours() -> None:
     hours = data["volume_per_hour_minor"]
     assert (hours["CNY"][0], hours["CNY"][9], hours["CNY"][23], sum(hours["CNY"])) == (1_000, 300, 200, 1_500)
     assert hours["USD"][9] == 5
+
+
+def test_a_leg_held_for_review_is_late_only_past_its_deadline() -> None:
+    now = 1_000_000_000
+    plain = ledger_pb2.Leg(transfer=types_pb2.Transfer(id="t1"), role=1, prepared_at_unix_ms=now - 9_000)
+    waiting = ledger_pb2.Leg(
+        transfer=types_pb2.Transfer(id="t2", review_deadline_unix_ms=now + 60_000),
+        role=1,
+        prepared_at_unix_ms=0,
+    )
+    overdue = ledger_pb2.Leg(
+        transfer=types_pb2.Transfer(id="t3", review_deadline_unix_ms=now - eod.IN_DOUBT_GRACE_MS - 1),
+        role=2,
+        prepared_at_unix_ms=0,
+    )
+
+    lines = eod.in_doubt_lines("shard-1", [plain, waiting, overdue], now, 7_000)
+
+    late = eod.IN_DOUBT_GRACE_MS + 1
+    assert lines == [
+        "shard-1 transfer t1: debit leg PREPARED for 9000 ms (limit 7000 ms: prepare timeout 2000 ms"
+        " + sweeps)",
+        f"shard-1 transfer t3: credit leg held for review {late} ms past its review deadline",
+    ]
