@@ -37,7 +37,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -117,6 +117,7 @@ class LocalCluster:
         start_timeout_s: float = 60.0,
         stop_timeout_s: float = 10.0,
         authenticate_services: bool = True,
+        gateway_args: Sequence[str] = (),
     ) -> None:
         """`base_port=None`: every port not given is a free one (tests). With a
         base port: gateway base, nodes base+10+i, coordinators base+20+i.
@@ -134,6 +135,8 @@ class LocalCluster:
         self.start_timeout_s = start_timeout_s
         self.stop_timeout_s = stop_timeout_s
         self.authenticate_services = authenticate_services
+        # Extra flags for the gateway (e.g. --review-test-rule in tests).
+        self.gateway_args = tuple(gateway_args)
         self.secret_file = self.data_dir / service_auth.SECRET_FILE_NAME
         spare = iter(processes.free_ports(4 + shards + coordinators))
         # An explicit etcd port takes the next one for peers (2379/2380), as etcd's defaults do.
@@ -178,7 +181,7 @@ class LocalCluster:
         argv += ["--etcd", self.etcd_endpoint]
         argv += ["--cluster-secret-file", str(self.secret_file) if self.authenticate_services else ""]
         if kind == GATEWAY:
-            argv += ["--http-listen", self.http_address]
+            argv += ["--http-listen", self.http_address, *self.gateway_args]
         self._add(name, kind, address, argv)
 
     def _etcd_argv(self, client_port: int, peer_port: int) -> list[str]:

@@ -135,6 +135,23 @@ class Shards:
             return _malformed(shard_id, "ApplyTransfers", len(answer.transfers), len(transfers))
         return list(answer.transfers)
 
+    async def get_transfers(
+        self, shard_id: str, transfer_ids: list[str]
+    ) -> list[types_pb2.Transfer] | errors.BankError:
+        """This shard's record (else credit leg) of each id; code NOT_FOUND when it has neither."""
+        request = ledger_pb2.GetTransfersRequest(ids=transfer_ids)
+        answer = await self._call(
+            shard_id,
+            "GetTransfers",
+            self._deadlines.apply_s,
+            lambda stub, t: stub.GetTransfers(request, timeout=t),
+        )
+        if isinstance(answer, errors.BankError):
+            return answer
+        if len(answer.transfers) != len(transfer_ids):
+            return _malformed(shard_id, "GetTransfers", len(answer.transfers), len(transfer_ids))
+        return list(answer.transfers)
+
     async def _legs(
         self,
         shard_id: str,
