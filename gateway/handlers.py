@@ -162,16 +162,8 @@ class BankHandlers:
         guard.check_status_actions(caller, request.items)
         actor = self._actor(request.actor, caller)
         results, indices, clean = split_valid(request.items, validation.check_status_item, reject_account)
-
-        async def call(
-            node: ledger_pb2_grpc.LedgerNodeStub, items: list[ledger_pb2.StatusRequestItem], timeout_s: float
-        ) -> ledger_pb2.AccountsResponse:
-            reply: ledger_pb2.AccountsResponse = await node.ChangeStatus(
-                ledger_pb2.ChangeStatusRequest(items=items, actor=actor), timeout=timeout_s
-            )
-            return reply
-
-        routed = await dispatch.dispatch(clean, plans.AccountPlan(self._cluster, call), self._cluster, budget)
+        plan = plans.AccountPlan(self._cluster, plans.change_status_call(actor))
+        routed = await dispatch.dispatch(clean, plan, self._cluster, budget)
         for item, result in zip(clean, routed, strict=True):
             action = guard.STATUS_ACTIONS.get(item.action, "account.status")
             await self._audit(caller, action, [(str(item.account_id), result.code, result.reason)])

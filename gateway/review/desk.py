@@ -35,7 +35,7 @@ from gateway.review.store import AlertStore
 from gateway.routing import Target
 from gateway.upstream import Cluster, downstream_error
 from shardbank import alerts, errors, limits
-from shardbank.v1 import coordinator_pb2, ledger_pb2, ledger_pb2_grpc, types_pb2
+from shardbank.v1 import coordinator_pb2, ledger_pb2, types_pb2
 
 log = structlog.get_logger("gateway.review")
 
@@ -241,17 +241,11 @@ class ReviewDesk:
         item = ledger_pb2.StatusRequestItem(
             account_id=account_id, action=ledger_pb2.STATUS_ACTION_FREEZE, reason=f"risk rule {rule}"
         )
-
-        async def call(
-            node: ledger_pb2_grpc.LedgerNodeStub, items: list[ledger_pb2.StatusRequestItem], timeout_s: float
-        ) -> ledger_pb2.AccountsResponse:
-            reply: ledger_pb2.AccountsResponse = await node.ChangeStatus(
-                ledger_pb2.ChangeStatusRequest(items=items, actor=RISK_ENGINE_ACTOR), timeout=timeout_s
-            )
-            return reply
-
         (result,) = await dispatch.dispatch(
-            [item], plans.AccountPlan(self._cluster, call), self._cluster, Budget(limits.CALL_DEADLINE_S)
+            [item],
+            plans.AccountPlan(self._cluster, plans.change_status_call(RISK_ENGINE_ACTOR)),
+            self._cluster,
+            Budget(limits.CALL_DEADLINE_S),
         )
         if self._audit is not None:
             entry = audit.Entry(

@@ -7,6 +7,8 @@ gateway or coordinator leader killed with -9 while transfers wait loses none.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,6 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from clients import cli
 from clients.client import BankClient
 from clients.errors import NotFound, ShardbankError
 from clients.local_cluster import LocalCluster
@@ -64,7 +67,9 @@ def officer(cluster: LocalCluster, admin: BankClient) -> Iterator[BankClient]:
         yield bank
 
 
-def funded_pair(admin: BankClient, cluster: LocalCluster, debit_shard: str, credit_shard: str) -> tuple[int, int]:
+def funded_pair(
+    admin: BankClient, cluster: LocalCluster, debit_shard: str, credit_shard: str
+) -> tuple[int, int]:
     a = open_on_shard(admin, cluster, debit_shard).id
     b = open_on_shard(admin, cluster, credit_shard).id
     admin.deposit(a, FUNDS, "CNY")
@@ -76,10 +81,8 @@ def books(admin: BankClient, cluster: LocalCluster) -> int:
     total = 0
     for shard_id in slot_map(cluster).shard_ids():
         cash = ids.system_account_id(int(shard_id.split("-")[1]), "CNY")
-        try:
+        with contextlib.suppress(NotFound):  # a cash account opens on its shard's first deposit
             total += admin.get_account(cash).balance
-        except NotFound:  # opened on a shard's first deposit
-            pass
     for account_id in OPENED:
         total += admin.get_account(account_id).balance
     return total
@@ -131,7 +134,11 @@ def test_approve_completes_the_held_transfer(
     assert refused(lambda: officer.review_transfer(held.id, approve=False)).reason == errors.REVIEW_APPROVED
     assert state(admin, b)[0] == 200_000
     alert = officer.get_alert(held.risk.alert_id)
-    assert (alert.review_state, alert.note, alert.transfer_id) == ("APPROVED", "customer called back", held.id)
+    assert (alert.review_state, alert.note, alert.transfer_id) == (
+        "APPROVED",
+        "customer called back",
+        held.id,
+    )
     assert alert.actor.startswith("risk_officer:")
     audit = admin.list_audit(action="risk.review.approve", target=held.id)
     assert [r.actor_role for r in audit.records if r.code == 0] == ["risk_officer", "risk_officer"]
@@ -150,8 +157,10 @@ def test_reject_releases_the_hold(cluster: LocalCluster, admin: BankClient, offi
     assert refused(lambda: officer.review_transfer(held.id, approve=True)).reason == errors.RISK_REJECTED
     assert officer.get_alert(held.risk.alert_id).review_state == "REJECTED"
     # The same id resent is the same (final) outcome: nothing moves.
-    again = admin.submit_transfers([types_pb2.Transfer(id=held.id, kind=held.kind, debit_account_id=a,
-                                                         credit_account_id=b, amount=300_000, currency="CNY")])  # fmt: skip
+    resent = types_pb2.Transfer(
+        id=held.id, kind=held.kind, debit_account_id=a, credit_account_id=b, amount=300_000, currency="CNY"
+    )
+    again = admin.submit_transfers([resent])
     assert (again[0].status, again[0].reason) == (ABORTED, errors.RISK_REJECTED)
     assert state(admin, a)[0] == FUNDS
 
@@ -187,10 +196,15 @@ def test_customer_sees_pending_under_review_and_no_rule(
         assert page.entries and not any(e.transfer.HasField("risk") for e in page.entries)
 
 
-def test_permissions_and_bad_input_over_grpc(cluster: LocalCluster, admin: BankClient, officer: BankClient) -> None:
+def test_permissions_and_bad_input_over_grpc(
+    cluster: LocalCluster, admin: BankClient, officer: BankClient
+) -> None:
     a, b = funded_pair(admin, cluster, "shard-1", "shard-2")
     held = hold(admin, a, b)
-    with key_client(cluster, admin, "teller") as teller, key_client(cluster, admin, "customer", "c-1") as cust:
+    with (
+        key_client(cluster, admin, "teller") as teller,
+        key_client(cluster, admin, "customer", "c-1") as cust,
+    ):
         for caller in (teller, cust):
             denied = refused(lambda c=caller: c.review_transfer(held.id, approve=True))  # type: ignore[misc]
             assert denied.code == grpc.StatusCode.PERMISSION_DENIED
@@ -230,7 +244,9 @@ def test_alerts_list_ack_resolve_and_review_over_http(
     alert_id = alert["alert_id"]
     acked = api.ok(api.post(f"/v1/risk/alerts/{alert_id}:acknowledge", {"note": "looking"}))
     assert acked["status"] == "ACKNOWLEDGED"
-    reply = api.post(f"/v1/risk/transfers/{held.id}:review", {"action": "REVIEW_ACTION_APPROVE", "note": "ok"})
+    reply = api.post(
+        f"/v1/risk/transfers/{held.id}:review", {"action": "REVIEW_ACTION_APPROVE", "note": "ok"}
+    )
     body = api.ok(reply)
     assert body["transfer"]["status"] == "TRANSFER_STATUS_COMMITTED" and body["alert_id"] == alert_id
     resolved = api.ok(api.post(f"/v1/risk/alerts/{alert_id}:resolve", {"note": "approved after call"}))
@@ -249,10 +265,35 @@ def test_alerts_list_ack_resolve_and_review_over_http(
     bad_action = api.post(f"/v1/risk/transfers/{held.id}:review", {"action": "REVIEW_ACTION_UNSPECIFIED"})
     assert (bad_action.status, bad_action.reason) == (400, errors.INVALID_ACTION), bad_action.describe()
     teller = Api(f"http://{cluster.http_address}", admin.create_api_key("teller").token)
-    assert teller.post(f"/v1/risk/transfers/{held.id}:review", {"action": "REVIEW_ACTION_REJECT"}).status == 403
-    assert api.post("/v1/transfers", {"debit_account_id": str(a), "credit_account_id": str(b), "amount": "1",
-                                      "currency": "CNY"}, headers={"Idempotency-Key": str(uuid.uuid4())}).status == 403  # fmt: skip
+    assert (
+        teller.post(f"/v1/risk/transfers/{held.id}:review", {"action": "REVIEW_ACTION_REJECT"}).status == 403
+    )
+    money = {"debit_account_id": str(a), "credit_account_id": str(b), "amount": "1", "currency": "CNY"}
+    moved = api.post("/v1/transfers", money, headers={"Idempotency-Key": str(uuid.uuid4())})
+    assert (moved.status, moved.reason) == (403, "PERMISSION_DENIED")
     assert "/v1/risk/alerts" in api.ok(api.get("/openapi.json"))["paths"]
+
+
+def test_cli_lists_alerts_and_reviews(
+    cluster: LocalCluster, admin: BankClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a, b = funded_pair(admin, cluster, "shard-1", "shard-2")
+    held = hold(admin, a, b)
+    token = admin.create_api_key("risk_officer").token
+    common = ["--gateway", cluster.gateway_address, "--token", token]
+    assert cli.main(["risk", "alerts", "--account", str(a), "--status", "OPEN", "--json", *common]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [x["transfer_id"] for x in listed["alerts"]] == [held.id]
+    alert_id = listed["alerts"][0]["alert_id"]
+    assert cli.main(["risk", "ack", alert_id, *common]) == 0
+    assert "ACKNOWLEDGED" in capsys.readouterr().out
+    assert cli.main(["risk", "review", held.id, "--reject", "--note", "no", *common]) == 0
+    assert "RISK_REJECTED" in capsys.readouterr().out
+    assert cli.main(["risk", "review", held.id, "--approve", *common]) == 1
+    assert "FAILED_PRECONDITION RISK_REJECTED" in capsys.readouterr().err
+    assert cli.main(["risk", "resolve", alert_id, "--note", "rejected: mule", *common]) == 0
+    assert "RESOLVED" in capsys.readouterr().out
+    assert state(admin, a) == (FUNDS, 0, FUNDS, 0)
 
 
 def _wait_leader(cluster: LocalCluster, other_than: str = "") -> meta.Leader:
@@ -269,7 +310,9 @@ def _wait_leader(cluster: LocalCluster, other_than: str = "") -> meta.Leader:
     raise AssertionError("no coordinator leader elected")
 
 
-def test_gateway_kill_9_loses_no_held_transfer(cluster: LocalCluster, admin: BankClient, officer: BankClient) -> None:
+def test_gateway_kill_9_loses_no_held_transfer(
+    cluster: LocalCluster, admin: BankClient, officer: BankClient
+) -> None:
     a, b = funded_pair(admin, cluster, "shard-1", "shard-2")
     held = [hold(admin, a, b, 100_000 + i) for i in range(3)]
     cluster.kill("gw-1")
@@ -315,7 +358,9 @@ def short_review_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
         local.stop()
 
 
-def test_review_deadline_releases_the_hold_even_across_leader_failover(short_review_cluster: LocalCluster) -> None:
+def test_review_deadline_releases_the_hold_even_across_leader_failover(
+    short_review_cluster: LocalCluster,
+) -> None:
     cluster = short_review_cluster
     with BankClient(cluster.gateway_address, token=cluster.admin_token) as admin:
         a, b = funded_pair(admin, cluster, "shard-1", "shard-2")
