@@ -19,7 +19,7 @@ from gateway.auth.principal import Principal
 from gateway.dispatch import Budget
 from gateway.review import testhook
 from gateway.review.desk import ReviewDesk
-from gateway.review.testhook import TestRule
+from gateway.review.testhook import ReviewTestRule
 from gateway.upstream import Cluster, downstream_error, unavailable
 from shardbank import errors, ids, slots
 from shardbank.v1 import bank_pb2, ledger_pb2, ledger_pb2_grpc, types_pb2
@@ -77,7 +77,7 @@ class BankHandlers:
         gateway_id: str,
         auth: guard.Auth | None = None,
         desk: ReviewDesk | None = None,
-        review_test_rule: TestRule | None = None,
+        review_test_rule: ReviewTestRule | None = None,
     ) -> None:
         self._cluster = cluster
         self._default_actor = f"gateway:{gateway_id}"

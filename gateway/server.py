@@ -31,7 +31,7 @@ from gateway.handlers import BankHandlers
 from gateway.review.desk import ReviewConfig, ReviewDesk
 from gateway.review.service import RiskHandlers, RiskServicer
 from gateway.review.store import AlertStore
-from gateway.review.testhook import TestRule
+from gateway.review.testhook import ReviewTestRule
 from gateway.upstream import Cluster
 from shardbank import limits, meta, service_auth
 from shardbank.v1 import bank_pb2, bank_pb2_grpc, risk_pb2, risk_pb2_grpc
@@ -64,7 +64,7 @@ class GatewayConfig:
     review: ReviewConfig = field(default_factory=ReviewConfig)
     # Test/staff hook: hold transfers at or above an amount for review
     # without the risk engine (gateway.review.testhook); None: off.
-    review_test_rule: TestRule | None = None
+    review_test_rule: ReviewTestRule | None = None
 
 
 class Gateway:

@@ -28,7 +28,7 @@ _HOLDABLE = (types_pb2.TRANSFER_KIND_TRANSFER, types_pb2.TRANSFER_KIND_PAYMENT)
 
 
 @dataclass(frozen=True)
-class TestRule:
+class ReviewTestRule:
     """Transfers and payments of at least `amount_min` minor units go to review."""
 
     amount_min: int
@@ -42,14 +42,14 @@ class TestRule:
         )
 
 
-def parse_rule(text: str) -> TestRule | None:
-    """'amount>=N' -> TestRule(N); '' -> None; anything else is a ValueError."""
+def parse_rule(text: str) -> ReviewTestRule | None:
+    """'amount>=N' -> ReviewTestRule(N); '' -> None; anything else is a ValueError."""
     if not text:
         return None
     match = _RULE_RE.fullmatch(text)
     if match is None or int(match.group(1)) <= 0:
         raise ValueError("--review-test-rule must look like amount>=N with N > 0 (minor units)")
-    return TestRule(int(match.group(1)))
+    return ReviewTestRule(int(match.group(1)))
 
 
 def alert_for(
@@ -82,7 +82,7 @@ def alert_for(
 
 
 async def raise_alerts(
-    desk: ReviewDesk, transfers: Sequence[types_pb2.Transfer], rule: TestRule, caller: Principal | None
+    desk: ReviewDesk, transfers: Sequence[types_pb2.Transfer], rule: ReviewTestRule, caller: Principal | None
 ) -> list[types_pb2.RiskAssessment]:
     """One alert per transfer the hook picked; the assessments naming them."""
     customer_id = caller.customer_id if caller is not None else ""

@@ -7,6 +7,7 @@ gateway or coordinator leader killed with -9 while transfers wait loses none.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -21,8 +22,12 @@ from clients import cli
 from clients.client import BankClient
 from clients.errors import NotFound, ShardbankError
 from clients.local_cluster import LocalCluster
-from shardbank import errors, ids, meta
-from shardbank.v1 import risk_pb2, types_pb2
+from gateway.auth.audit import AuditLog
+from gateway.review.desk import ReviewConfig, ReviewDesk
+from gateway.review.store import AlertStore
+from gateway.upstream import Cluster
+from shardbank import errors, ids, meta, service_auth
+from shardbank.v1 import ledger_pb2, risk_pb2, types_pb2
 from tests.integration.helpers import open_on_shard, slot_map
 from tests.integration.http_support import Api
 
@@ -294,6 +299,40 @@ def test_cli_lists_alerts_and_reviews(
     assert cli.main(["risk", "resolve", alert_id, "--note", "rejected: mule", *common]) == 0
     assert "RESOLVED" in capsys.readouterr().out
     assert state(admin, a) == (FUNDS, 0, FUNDS, 0)
+
+
+def test_freeze_on_severe_freezes_and_audits_as_the_risk_engine(
+    cluster: LocalCluster, admin: BankClient
+) -> None:
+    account = open_on_shard(admin, cluster, "shard-2").id
+
+    async def freeze(enabled: bool) -> ledger_pb2.AccountResult | None:
+        upstream = Cluster(
+            cluster.etcd_endpoint, service_auth.channel_interceptors(cluster.cluster_secret, "risk-test")
+        )
+        await upstream.start()
+        audit_log = AuditLog(cluster.etcd_endpoint)
+        try:
+            desk = ReviewDesk(
+                upstream, AlertStore(cluster.etcd_endpoint), ReviewConfig(freeze_on_severe=enabled), audit_log
+            )
+            return await desk.freeze_on_severe(account, "funnel_pass_through")
+        finally:
+            audit_log.close()
+            await upstream.close()
+
+    assert asyncio.run(freeze(enabled=False)) is None
+    assert admin.get_account(account).status == types_pb2.ACCOUNT_STATUS_ACTIVE
+    result = asyncio.run(freeze(enabled=True))
+    assert result is not None and result.code == 0
+    frozen = admin.get_account(account)
+    assert frozen.status == types_pb2.ACCOUNT_STATUS_FROZEN
+    assert (frozen.status_history[-1].actor, frozen.status_history[-1].reason) == (
+        "risk-engine",
+        "risk rule funnel_pass_through",
+    )
+    records = admin.list_audit(action="account.freeze", target=str(account)).records
+    assert [(r.actor_key_id, r.reason) for r in records] == [("risk-engine", "funnel_pass_through")]
 
 
 def _wait_leader(cluster: LocalCluster, other_than: str = "") -> meta.Leader:
