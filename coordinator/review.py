@@ -121,6 +121,7 @@ class Review:
         if expired or not approve:
             plan = EXPIRE if expired else REJECT
         else:
+            await self._check_accounts_usable(record, record_holder, credit_shard)
             plan = await self._approval_plan(record, credit_shard, epoch)
         verdict = await self._decide(record, record_holder, plan, epoch)
         if verdict.truth == Truth.UNKNOWN and verdict.reason == errors.REVIEW_EXPIRED:
@@ -175,6 +176,26 @@ class Review:
             # Only a credit leg exists: the record holder never held it.
             raise precondition(errors.NOT_UNDER_REVIEW, f"transfer {transfer_id} is not held for review")
         return record, record_holder, credit_shard
+
+    async def _check_accounts_usable(
+        self, record: types_pb2.Transfer, record_holder: str, credit_shard: str
+    ) -> None:
+        """A frozen or closed account takes no debit and no credit: an account
+        frozen while its transfer waited is not moved by an approval (the
+        officer rejects it, or unfreezes first). Read just before the decision;
+        a freeze landing after that read is as if it came after the approval."""
+        sides = ((record_holder, record.debit_account_id), (credit_shard, record.credit_account_id))
+        answers = await asyncio.gather(*(self._shards.get_accounts(s, [a]) for s, a in sides))
+        for answer in answers:
+            if isinstance(answer, errors.BankError):
+                raise errors.BankError(
+                    grpc.StatusCode.UNAVAILABLE, errors.SHARD_UNAVAILABLE, "a shard did not answer"
+                )
+            account = answer[0].account
+            if answer[0].code == 0 and account.status == types_pb2.ACCOUNT_STATUS_FROZEN:
+                raise precondition(errors.ACCOUNT_FROZEN, f"account {account.id} is frozen", record)
+            if answer[0].code == 0 and account.status == types_pb2.ACCOUNT_STATUS_CLOSED:
+                raise precondition(errors.ACCOUNT_CLOSED, f"account {account.id} is closed", record)
 
     async def _approval_plan(self, record: types_pb2.Transfer, credit_shard: str, epoch: int) -> Plan:
         """Commit iff the credit leg is PREPARED (prepared again if it was lost)."""

@@ -139,6 +139,23 @@ class Shards:
             shard_id, "GetTransfers", len(transfer_ids), lambda stub, t: stub.GetTransfers(request, timeout=t)
         )
 
+    async def get_accounts(
+        self, shard_id: str, account_ids: list[int]
+    ) -> list[ledger_pb2.AccountResult] | errors.BankError:
+        """This shard's accounts (each with its own code: NOT_FOUND, SLOT_MOVED...)."""
+        request = ledger_pb2.GetAccountsRequest(ids=account_ids)
+        answer = await self._call(
+            shard_id,
+            "GetAccounts",
+            self._deadlines.apply_s,
+            lambda stub, t: stub.GetAccounts(request, timeout=t),
+        )
+        if isinstance(answer, errors.BankError):
+            return answer
+        if len(answer.results) != len(account_ids):
+            return _malformed(shard_id, "GetAccounts", len(answer.results), len(account_ids))
+        return list(answer.results)
+
     async def _transfers(
         self,
         shard_id: str,

@@ -170,6 +170,20 @@ def test_reject_releases_the_hold(cluster: LocalCluster, admin: BankClient, offi
     assert state(admin, a)[0] == FUNDS
 
 
+def test_an_account_frozen_during_review_is_not_moved_by_approval(
+    cluster: LocalCluster, admin: BankClient, officer: BankClient
+) -> None:
+    a, b = funded_pair(admin, cluster, "shard-1", "shard-2")
+    held = hold(admin, a, b)
+    officer.freeze(b, "fraud report")
+    frozen = refused(lambda: officer.review_transfer(held.id, approve=True))
+    assert (frozen.code, frozen.reason) == (grpc.StatusCode.FAILED_PRECONDITION, errors.ACCOUNT_FROZEN)
+    assert state(admin, a)[1] == 200_000 and state(admin, b)[3] == 200_000
+    assert officer.review_transfer(held.id, approve=False).transfer.reason == errors.RISK_REJECTED
+    assert state(admin, a) == (FUNDS, 0, FUNDS, 0) and state(admin, b) == (0, 0, 0, 0)
+    officer.unfreeze(b, "cleared")
+
+
 def test_small_transfers_are_not_held(cluster: LocalCluster, admin: BankClient, officer: BankClient) -> None:
     a, b = funded_pair(admin, cluster, "shard-1", "shard-2")
     OPENED.extend((a, b))
