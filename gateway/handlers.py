@@ -290,7 +290,8 @@ class BankHandlers:
         picked = [i for i, t in enumerate(clean) if rule is not None and rule.fires(t)]
         if rule is None or desk is None or not picked:
             return await dispatch.dispatch(clean, plans.TransferPlan(self._cluster), self._cluster, budget)
-        rest = [i for i in range(len(clean)) if i not in set(picked)]
+        picked_set = set(picked)
+        rest = [i for i in range(len(clean)) if i not in picked_set]
         held_items = [clean[i] for i in picked]
         assessments = await testhook.raise_alerts(desk, held_items, rule, caller)
         held, passed = await asyncio.gather(

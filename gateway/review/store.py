@@ -26,12 +26,13 @@ class AlertStore:
         return self._client
 
     async def call(self, work: Callable[..., T], *args: Any) -> T:
-        """`work(client, *args)` in a thread; etcd down -> UNAVAILABLE ALERTS_UNAVAILABLE."""
+        """`work(client, *args)` in a thread; etcd down -> UNAVAILABLE ALERTS_UNAVAILABLE
+        (every alert change is a compare-and-swap, so a retry reads what landed)."""
         try:
             return await asyncio.to_thread(work, self._etcd(), *args)
         except errors.BankError:
             raise
-        except Exception as exc:  # etcd unreachable or failing: nothing was changed for sure
+        except Exception as exc:  # etcd unreachable or failing; a write may or may not have landed
             self._client = None
             raise errors.BankError(
                 grpc.StatusCode.UNAVAILABLE,
