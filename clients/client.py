@@ -285,15 +285,15 @@ class BankClient:
         created_until_unix_ms: int = 0,
     ) -> risk_pb2.ListAlertsResponse:
         """Newest first; `next_page_token` continues, empty on the last page."""
-        request = risk_pb2.ListAlertsRequest(
-            status=status,
-            rule=rule,
-            account_id=account_id,
-            decision=decision,
-            page_size=page_size,
-            page_token=page_token,
-            created_since_unix_ms=created_since_unix_ms,
-            created_until_unix_ms=created_until_unix_ms,
+        request = messages.list_alerts(
+            status,
+            rule,
+            account_id,
+            decision,
+            page_size,
+            page_token,
+            created_since_unix_ms,
+            created_until_unix_ms,
         )
 
         return self._unary(self._risk.ListAlerts, request, risk_pb2.ListAlertsResponse)
@@ -317,7 +317,6 @@ class BankClient:
     ) -> risk_pb2.ReviewTransferResponse:
         """Approve (it completes) or reject (hold released) a held transfer.
         Retried: the same decision again answers the same transfer."""
-        action = risk_pb2.REVIEW_ACTION_APPROVE if approve else risk_pb2.REVIEW_ACTION_REJECT
-        request = risk_pb2.ReviewTransferRequest(transfer_id=transfer_id, action=action, note=note)
+        request = messages.review(transfer_id, approve, note)
 
         return self._unary(self._risk.ReviewTransfer, request, risk_pb2.ReviewTransferResponse)

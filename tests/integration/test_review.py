@@ -19,7 +19,7 @@ import grpc
 import pytest
 
 from clients import cli
-from clients.client import BankClient
+from clients.client import AsyncBankClient, BankClient
 from clients.errors import NotFound, ShardbankError
 from clients.local_cluster import LocalCluster
 from gateway.auth.audit import AuditLog
@@ -312,6 +312,21 @@ def test_cli_lists_alerts_and_reviews(
     assert "FAILED_PRECONDITION RISK_REJECTED" in capsys.readouterr().err
     assert cli.main(["risk", "resolve", alert_id, "--note", "rejected: mule", *common]) == 0
     assert "RESOLVED" in capsys.readouterr().out
+    assert state(admin, a) == (FUNDS, 0, FUNDS, 0)
+
+
+def test_async_client_lists_and_reviews(cluster: LocalCluster, admin: BankClient) -> None:
+    a, b = funded_pair(admin, cluster, "shard-2", "shard-1")
+    held = hold(admin, a, b)
+    token = admin.create_api_key("risk_officer").token
+
+    async def review() -> tuple[risk_pb2.ListAlertsResponse, risk_pb2.ReviewTransferResponse]:
+        async with AsyncBankClient(cluster.gateway_address, token=token) as bank:
+            return await bank.list_alerts(account_id=a), await bank.review_transfer(held.id, approve=False)
+
+    page, done = asyncio.run(review())
+    assert [x.transfer_id for x in page.alerts] == [held.id]
+    assert (done.transfer.status, done.transfer.reason) == (ABORTED, errors.RISK_REJECTED)
     assert state(admin, a) == (FUNDS, 0, FUNDS, 0)
 
 
