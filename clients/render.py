@@ -152,9 +152,9 @@ def cluster(info: bank_pb2.ClusterInfo) -> str:
             str(shard.info.accounts) if shard.up else "-",
             str(shard.info.journal_seq) if shard.up else "-",
             str(shard.info.in_doubt_legs) if shard.up else "-",
+            str(shard.info.review_holds) if shard.up else "-",
         ]
         for shard in info.shards
     ]
-    return (
-        head + "\n" + table(["SHARD", "ADDRESS", "STATE", "SLOTS", "ACCOUNTS", "JOURNAL", "IN-DOUBT"], rows)
-    )
+    header = ["SHARD", "ADDRESS", "STATE", "SLOTS", "ACCOUNTS", "JOURNAL", "IN-DOUBT", "REVIEW HOLDS"]
+    return head + "\n" + table(header, rows)
