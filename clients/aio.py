@@ -19,7 +19,7 @@ from clients.channel import CHANNEL_OPTIONS, DEFAULT_TARGET, auth_metadata, defa
 from clients.coalesce import LINGER_S_DEFAULT, TransferCoalescer
 from clients.retry import RetryPolicy
 from shardbank import limits
-from shardbank.v1 import bank_pb2, bank_pb2_grpc, ledger_pb2, types_pb2
+from shardbank.v1 import bank_pb2, bank_pb2_grpc, ledger_pb2, risk_pb2, risk_pb2_grpc, types_pb2
 
 R = TypeVar("R")
 
@@ -50,6 +50,7 @@ class AsyncBankClient:
         self._owns_channel = channel is None
         self._channel = channel or grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
         self._stub = bank_pb2_grpc.BankStub(self._channel)
+        self._risk = risk_pb2_grpc.RiskStub(self._channel)
         self._coalescer: TransferCoalescer | None = None
         if coalesce:
             self._coalescer = TransferCoalescer(
@@ -220,4 +221,27 @@ class AsyncBankClient:
         request = bank_pb2.GetClusterInfoRequest()
         return await self._call(
             lambda d: self._stub.GetClusterInfo(request, timeout=d, metadata=self._metadata)
+        )
+
+    # Risk (the officers' calls most used from code; the rest are on BankClient).
+
+    async def list_alerts(
+        self,
+        status: str = "",
+        rule: str = "",
+        account_id: int = 0,
+        decision: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> risk_pb2.ListAlertsResponse:
+        request = messages.list_alerts(status, rule, account_id, decision, page_size, page_token)
+        return await self._call(lambda d: self._risk.ListAlerts(request, timeout=d, metadata=self._metadata))
+
+    async def review_transfer(
+        self, transfer_id: str, approve: bool, note: str = ""
+    ) -> risk_pb2.ReviewTransferResponse:
+        """Retried: the same decision again answers the same transfer."""
+        request = messages.review(transfer_id, approve, note)
+        return await self._call(
+            lambda d: self._risk.ReviewTransfer(request, timeout=d, metadata=self._metadata)
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -105,14 +106,22 @@ def cmd_audit(args: argparse.Namespace) -> int:
     )
 
 
-def _limit(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 1 <= value <= AUDIT_LIMIT_MAX:
-        raise argparse.ArgumentTypeError(f"must be 1..{AUDIT_LIMIT_MAX}")
-    return value
+def count_at_most(maximum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number 1..maximum (page sizes, limits)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not 1 <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"must be 1..{maximum}")
+        return value
+
+    return parse
+
+
+_limit = count_at_most(AUDIT_LIMIT_MAX)
 
 
 def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:

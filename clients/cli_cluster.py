@@ -36,6 +36,13 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     up.add_argument("--gateway-port", type=int, default=50051, help="nodes use +10.., coordinators +20..")
     up.add_argument("--etcd-port", type=int, default=2379, help="peers use the next port")
     up.add_argument("--http-port", type=int, default=8080, help="the gateway's HTTP/JSON API")
+    up.add_argument(
+        "--gateway-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra gateway flag, repeatable, e.g. --gateway-arg=--review-test-rule=amount>=100000",
+    )
     up.set_defaults(handler=cmd_up)
     status = commands.add_parser(
         "status", parents=[common], help="etcd, shards, coordinators, gateways and slot moves, from etcd"
@@ -137,6 +144,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         etcd_port=args.etcd_port,
         gateway_port=args.gateway_port,
         http_port=args.http_port,
+        gateway_args=args.gateway_arg,
     )
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:

@@ -30,7 +30,7 @@ from clients.channel import CHANNEL_OPTIONS, DEFAULT_TARGET, auth_metadata, defa
 from clients.errors import ShardbankError
 from clients.retry import RetryPolicy
 from shardbank import limits
-from shardbank.v1 import bank_pb2, bank_pb2_grpc, ledger_pb2, types_pb2
+from shardbank.v1 import bank_pb2, bank_pb2_grpc, ledger_pb2, risk_pb2, risk_pb2_grpc, types_pb2
 
 R = TypeVar("R")
 
@@ -58,6 +58,7 @@ class BankClient:
         self._owns_channel = channel is None
         self._channel = channel or grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         self._stub = bank_pb2_grpc.BankStub(self._channel)
+        self._risk = risk_pb2_grpc.RiskStub(self._channel)
 
     def __enter__(self) -> BankClient:
         return self
@@ -270,3 +271,53 @@ class BankClient:
         )
 
         return self._unary(self._stub.ListAudit, request, bank_pb2.ListAuditResponse)
+
+    # Risk: alerts and the review of held transfers (risk_officer, admin; auditor reads alerts).
+
+    def list_alerts(
+        self,
+        status: str = "",
+        rule: str = "",
+        account_id: int = 0,
+        decision: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+        created_since_unix_ms: int = 0,
+        created_until_unix_ms: int = 0,
+    ) -> risk_pb2.ListAlertsResponse:
+        """Newest first; `next_page_token` continues, empty on the last page."""
+        request = messages.list_alerts(
+            status,
+            rule,
+            account_id,
+            decision,
+            page_size,
+            page_token,
+            created_since_unix_ms,
+            created_until_unix_ms,
+        )
+
+        return self._unary(self._risk.ListAlerts, request, risk_pb2.ListAlertsResponse)
+
+    def get_alert(self, alert_id: str) -> risk_pb2.Alert:
+        return self._unary(self._risk.GetAlert, risk_pb2.GetAlertRequest(alert_id=alert_id), risk_pb2.Alert)
+
+    def acknowledge_alert(self, alert_id: str, note: str = "") -> risk_pb2.Alert:
+        request = risk_pb2.AlertActionRequest(alert_id=alert_id, note=note)
+
+        return self._unary(self._risk.AcknowledgeAlert, request, risk_pb2.Alert)
+
+    def resolve_alert(self, alert_id: str, note: str) -> risk_pb2.Alert:
+        """Not retried: a resend after a lost reply would be refused ALERT_RESOLVED."""
+        request = risk_pb2.AlertActionRequest(alert_id=alert_id, note=note)
+
+        return self._unary(self._risk.ResolveAlert, request, risk_pb2.Alert, retry.NO_RETRY)
+
+    def review_transfer(
+        self, transfer_id: str, approve: bool, note: str = ""
+    ) -> risk_pb2.ReviewTransferResponse:
+        """Approve (it completes) or reject (hold released) a held transfer.
+        Retried: the same decision again answers the same transfer."""
+        request = messages.review(transfer_id, approve, note)
+
+        return self._unary(self._risk.ReviewTransfer, request, risk_pb2.ReviewTransferResponse)

@@ -128,6 +128,7 @@ def shard_rows(
             journal_seq=info.journal_seq,
             transfers_applied=info.transfers_applied,
             in_doubt_legs=info.in_doubt_legs,
+            review_holds=info.review_holds,
             writer_queue_items=info.writer_queue_items,
             max_epoch_seen=info.max_epoch_seen,
             slot_map_version=info.slot_map_version,

@@ -38,7 +38,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -127,6 +127,7 @@ class LocalCluster:
         stop_timeout_s: float = 10.0,
         authenticate_services: bool = True,
         metrics: bool = True,
+        gateway_args: Sequence[str] = (),
     ) -> None:
         """`base_port=None`: every port not given is a free one (tests). With a
         base port: gateway base, nodes base+10+i, coordinators base+20+i, and
@@ -145,6 +146,8 @@ class LocalCluster:
         self.start_timeout_s = start_timeout_s
         self.stop_timeout_s = stop_timeout_s
         self.authenticate_services = authenticate_services
+        # Extra flags for the gateway (e.g. --review-test-rule in tests).
+        self.gateway_args = tuple(gateway_args)
         self.secret_file = self.data_dir / service_auth.SECRET_FILE_NAME
         self.metrics = metrics
         spare = iter(processes.free_ports(4 + 2 * (shards + coordinators + 1)))
@@ -201,7 +204,7 @@ class LocalCluster:
         argv += ["--etcd", self.etcd_endpoint]
         argv += ["--cluster-secret-file", str(self.secret_file) if self.authenticate_services else ""]
         if kind == GATEWAY:
-            argv += ["--http-listen", self.http_address]
+            argv += ["--http-listen", self.http_address, *self.gateway_args]
         metrics_address = f"127.0.0.1:{metrics_port}" if metrics_port else ""
         if metrics_port:
             argv += ["--metrics-port", str(metrics_port)]

@@ -11,7 +11,7 @@ import grpc
 from clients import errors
 from shardbank import errors as bank_errors
 from shardbank import ids
-from shardbank.v1 import bank_pb2, ledger_pb2, types_pb2
+from shardbank.v1 import bank_pb2, ledger_pb2, risk_pb2, types_pb2
 
 ACCOUNT_TYPES: dict[str, types_pb2.AccountType.ValueType] = {
     "personal": types_pb2.ACCOUNT_TYPE_PERSONAL,
@@ -168,3 +168,30 @@ def checked(outcome: types_pb2.Transfer) -> types_pb2.Transfer:
     if outcome.code != 0:
         raise errors.from_transfer(outcome)
     return outcome
+
+
+def list_alerts(
+    status: str = "",
+    rule: str = "",
+    account_id: int = 0,
+    decision: str = "",
+    page_size: int = 0,
+    page_token: str = "",
+    created_since_unix_ms: int = 0,
+    created_until_unix_ms: int = 0,
+) -> risk_pb2.ListAlertsRequest:
+    return risk_pb2.ListAlertsRequest(
+        status=status,
+        rule=rule,
+        account_id=account_id,
+        decision=decision,
+        page_size=page_size,
+        page_token=page_token,
+        created_since_unix_ms=created_since_unix_ms,
+        created_until_unix_ms=created_until_unix_ms,
+    )
+
+
+def review(transfer_id: str, approve: bool, note: str = "") -> risk_pb2.ReviewTransferRequest:
+    action = risk_pb2.REVIEW_ACTION_APPROVE if approve else risk_pb2.REVIEW_ACTION_REJECT
+    return risk_pb2.ReviewTransferRequest(transfer_id=transfer_id, action=action, note=note)

@@ -151,7 +151,7 @@ def _ranges(runs: Sequence[str], shown_max: int = 3) -> str:
 
 
 SHARD_HEADER = ("SHARD", "ADDRESS", "STATE", "SLOTS", "RANGES", "ACCOUNTS", "JOURNAL", "TRANSFERS/S",
-                "IN-DOUBT", "QUEUE")  # fmt: skip
+                "IN-DOUBT", "REVIEW", "QUEUE")  # fmt: skip
 MOVE_HEADER = ("MOVE", "PHASE", "FROM -> TO", "SLOTS", "ACCOUNTS", "PROGRESS", "ERROR")
 
 
@@ -164,7 +164,8 @@ def _state(state: str | None) -> str:
 
 def _shard_row(s: dict[str, Any]) -> list[str]:
     state = _state(s["state"])
-    keys = ("accounts", "journal_seq", "transfers_per_s", "in_doubt_legs", "writer_queue_items")
+    keys = ("accounts", "journal_seq", "transfers_per_s", "in_doubt_legs", "review_holds",
+            "writer_queue_items")  # fmt: skip
     return [s["shard_id"], _cell(s["address"]), state, str(s["slots"]), _ranges(s["slot_ranges"])] + [
         _cell(s.get(key)) for key in keys
     ]

@@ -217,3 +217,29 @@ def rejected(transfer: types_pb2.Transfer, code: int, reason: str, message: str)
 def unavailable(transfer: types_pb2.Transfer, reason: str, message: str) -> types_pb2.Transfer:
     """Outcome not learned (shard down, deposed, slot map churn): retry the id."""
     return outcome(transfer, Verdict(Truth.UNKNOWN, CODE_UNAVAILABLE, reason, message))
+
+
+def under_review(
+    transfer: types_pb2.Transfer, record: types_pb2.Transfer | None = None
+) -> types_pb2.Transfer:
+    """A transfer held for a risk officer: PENDING, code 0, reason UNDER_REVIEW,
+    with the deadline the record holder stored (a re-submission may carry none)."""
+    result = types_pb2.Transfer()
+    result.CopyFrom(transfer)
+    result.status = types_pb2.TRANSFER_STATUS_PENDING
+    result.code, result.reason, result.message = OK, errors.UNDER_REVIEW, "held for review"
+    if record is not None and record.review_deadline_unix_ms:
+        result.review_deadline_unix_ms = record.review_deadline_unix_ms
+        result.risk.CopyFrom(record.risk)
+        result.created_at_unix_ms = record.created_at_unix_ms
+    return result
+
+
+def holds_for_review(debit: Answer, credit: Answer, plan: Plan, review: bool) -> bool:
+    """Leave a review hold PREPARED instead of deciding now? Yes when the
+    record holder holds it and nothing but the officer (or the deadline) may
+    end it: the plan would commit, or would abort only because the credit
+    shard did not answer (approval prepares the credit leg again)."""
+    if not review or debit.vote != Vote.PREPARED or plan.step != Step.DECIDE:
+        return False
+    return plan.decision == ledger_pb2.DECISION_COMMIT or credit.vote == Vote.UNKNOWN

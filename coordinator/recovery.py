@@ -183,7 +183,8 @@ class Recovery:
                 if isinstance(answer, errors.BankError):
                     verdicts[transfer_id] = Verdict(Truth.UNKNOWN, decisions.CODE_UNAVAILABLE, answer.reason)
                 else:
-                    verdicts[transfer_id] = decisions.verdict_of_decide(_PRESUMED_ABORT, answer[index])
+                    plan = presumed_abort(doubts[transfer_id].transfer)
+                    verdicts[transfer_id] = decisions.verdict_of_decide(plan, answer[index])
         return verdicts
 
     async def _finish(self, doubts: dict[str, _Doubt], verdicts: dict[str, Verdict], epoch: int) -> None:
@@ -222,12 +223,29 @@ class Recovery:
                     )
 
 
+_REVIEW_EXPIRED = Plan(
+    Step.DECIDE,
+    ledger_pb2.DECISION_ABORT,
+    decisions.CODE_ABORTED,
+    errors.REVIEW_EXPIRED,
+    "not reviewed before the deadline; hold released",
+)
+
+
+def presumed_abort(transfer: types_pb2.Transfer) -> Plan:
+    """Why recovery aborts it: a review hold whose deadline passed is
+    REVIEW_EXPIRED (the node lists it only from its deadline on), anything
+    else PREPARE_TIMEOUT."""
+    return _REVIEW_EXPIRED if transfer.review_deadline_unix_ms else _PRESUMED_ABORT
+
+
 def _abort_item(transfer: types_pb2.Transfer) -> ledger_pb2.DecideItem:
+    plan = presumed_abort(transfer)
     return ledger_pb2.DecideItem(
         transfer_id=transfer.id,
         decision=ledger_pb2.DECISION_ABORT,
-        code=_PRESUMED_ABORT.code,
-        reason=_PRESUMED_ABORT.reason,
+        code=plan.code,
+        reason=plan.reason,
         transfer=transfer,
     )
 

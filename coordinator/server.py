@@ -14,8 +14,9 @@ import contextlib
 import signal
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import grpc
 import structlog
@@ -25,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 from coordinator import decisions, validate
 from coordinator.election import Election, LeaderView
 from coordinator.recovery import PREPARE_TIMEOUT_MS_DEFAULT, Recovery
+from coordinator.review import Review
 from coordinator.shards import Deadlines, Shards
 from coordinator.twopc import TwoPhaseCommit
 from shardbank import errors, limits, meta, metrics, service_auth
@@ -73,36 +75,66 @@ def not_leader_status(view: LeaderView) -> grpc.Status:
     return _Status(base.code, base.details, tuple(base.trailing_metadata) + trailing)
 
 
+def _with_review(clean: types_pb2.Transfer, given: types_pb2.Transfer) -> types_pb2.Transfer:
+    """The gateway's risk fields survive validation (which keeps client input only)."""
+    if given.review_deadline_unix_ms < 0:
+        raise errors.invalid(errors.INVALID_REVIEW_DEADLINE, "review deadline is negative")
+    clean.review_deadline_unix_ms = given.review_deadline_unix_ms
+    if given.HasField("risk"):
+        clean.risk.CopyFrom(given.risk)
+    return clean
+
+
+Reply = TypeVar("Reply")
+
+
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
-    def __init__(self, election: Election, twopc: TwoPhaseCommit) -> None:
+    def __init__(self, election: Election, twopc: TwoPhaseCommit, review: Review) -> None:
         self._election = election
         self._twopc = twopc
+        self._review = review
 
-    async def SubmitTransfers(
-        self, request: coordinator_pb2.CoordinatorSubmitRequest, context: grpc.aio.ServicerContext
-    ) -> coordinator_pb2.CoordinatorSubmitResponse:
+    async def _serve(
+        self, method: str, work: Callable[[], Awaitable[Reply]], context: grpc.aio.ServicerContext
+    ) -> Reply:
+        """Run one RPC; every refusal becomes a status here (NOT_LEADER with the leader's address)."""
         request_id = uuid.uuid4().hex[:16]
         failure: errors.BankError | None = None
         began = time.perf_counter()
-        metrics.BATCH_ITEMS.labels(metrics.COORDINATOR, "SubmitTransfers").observe(len(request.transfers))
         try:
             with structlog.contextvars.bound_contextvars(request_id=request_id):
-                return await self._submit(request)
+                return await work()
         except errors.BankError as error:
             failure = error
         except Exception:
-            log.exception("internal_error", request_id=request_id, method="SubmitTransfers")
+            log.exception("internal_error", request_id=request_id, method=method)
             failure = errors.BankError(
                 grpc.StatusCode.INTERNAL, errors.INTERNAL, f"internal error; request_id={request_id}"
             )
         finally:
-            metrics.RPC_DURATION.labels(metrics.COORDINATOR, "SubmitTransfers").observe(
-                time.perf_counter() - began
-            )
-        metrics.RPC_FAILURES.labels(metrics.COORDINATOR, "SubmitTransfers", failure.code.name).inc()
+            metrics.RPC_DURATION.labels(metrics.COORDINATOR, method).observe(time.perf_counter() - began)
+        metrics.RPC_FAILURES.labels(metrics.COORDINATOR, method, failure.code.name).inc()
         if failure.reason == errors.NOT_LEADER:
             await context.abort_with_status(not_leader_status(self._election.view()))
         await errors.abort(context, failure)
+
+    async def SubmitTransfers(
+        self, request: coordinator_pb2.CoordinatorSubmitRequest, context: grpc.aio.ServicerContext
+    ) -> coordinator_pb2.CoordinatorSubmitResponse:
+        metrics.BATCH_ITEMS.labels(metrics.COORDINATOR, "SubmitTransfers").observe(len(request.transfers))
+        return await self._serve("SubmitTransfers", lambda: self._submit(request), context)
+
+    async def ReviewTransfer(
+        self, request: coordinator_pb2.CoordinatorReviewRequest, context: grpc.aio.ServicerContext
+    ) -> types_pb2.Transfer:
+        return await self._serve("ReviewTransfer", lambda: self._reviewed(request), context)
+
+    async def _reviewed(self, request: coordinator_pb2.CoordinatorReviewRequest) -> types_pb2.Transfer:
+        if len(request.actor) > limits.ACTOR_LENGTH_MAX:
+            raise errors.invalid(errors.INVALID_ARGUMENT, f"actor is longer than {limits.ACTOR_LENGTH_MAX}")
+        if not self._election.is_leader:
+            raise errors.BankError(grpc.StatusCode.UNAVAILABLE, errors.NOT_LEADER, "not the leader")
+        return await self._review.review(request.transfer_id, request.approve, request.actor)
 
     async def _submit(
         self, request: coordinator_pb2.CoordinatorSubmitRequest
@@ -121,7 +153,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         valid: list[types_pb2.Transfer] = []
         for transfer in request.transfers:
             try:
-                valid.append(validate.check_transfer(transfer))
+                valid.append(_with_review(validate.check_transfer(transfer), transfer))
                 results.append(None)
             except errors.BankError as error:
                 results.append(decisions.rejected(transfer, error.code_value, error.reason, error.message))
@@ -167,12 +199,13 @@ class CoordinatorApp:
         self.shards = Shards(self.directory, self.election, Deadlines())
         self.twopc = TwoPhaseCommit(self.shards, self.election)
         self.recovery = Recovery(self.shards, self.election, config.prepare_timeout_ms)
+        self.review = Review(self.shards, self.election)
         self.health = health.aio.HealthServicer()
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> CoordinatorApp:
         coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
-            CoordinatorServicer(self.election, self.twopc), self.server
+            CoordinatorServicer(self.election, self.twopc, self.review), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

@@ -123,16 +123,51 @@ class Shards:
     ) -> list[types_pb2.Transfer] | errors.BankError:
         """Single-shard transfers (both accounts on one shard after all)."""
         request = ledger_pb2.ApplyTransfersRequest(transfers=transfers)
-        answer = await self._call(
+        return await self._transfers(
             shard_id,
             "ApplyTransfers",
-            self._deadlines.apply_s,
+            len(transfers),
             lambda stub, t: stub.ApplyTransfers(request, timeout=t),
+        )
+
+    async def get_transfers(
+        self, shard_id: str, transfer_ids: list[str]
+    ) -> list[types_pb2.Transfer] | errors.BankError:
+        """This shard's record (else credit leg) of each id; code NOT_FOUND when it has neither."""
+        request = ledger_pb2.GetTransfersRequest(ids=transfer_ids)
+        return await self._transfers(
+            shard_id, "GetTransfers", len(transfer_ids), lambda stub, t: stub.GetTransfers(request, timeout=t)
+        )
+
+    async def get_accounts(
+        self, shard_id: str, account_ids: list[int]
+    ) -> list[ledger_pb2.AccountResult] | errors.BankError:
+        """This shard's accounts (each with its own code: NOT_FOUND, SLOT_MOVED...)."""
+        request = ledger_pb2.GetAccountsRequest(ids=account_ids)
+        answer = await self._call(
+            shard_id,
+            "GetAccounts",
+            self._deadlines.apply_s,
+            lambda stub, t: stub.GetAccounts(request, timeout=t),
         )
         if isinstance(answer, errors.BankError):
             return answer
-        if len(answer.transfers) != len(transfers):
-            return _malformed(shard_id, "ApplyTransfers", len(answer.transfers), len(transfers))
+        if len(answer.results) != len(account_ids):
+            return _malformed(shard_id, "GetAccounts", len(answer.results), len(account_ids))
+        return list(answer.results)
+
+    async def _transfers(
+        self,
+        shard_id: str,
+        method: str,
+        expected: int,
+        send: Callable[[ledger_pb2_grpc.LedgerNodeStub, float], Awaitable[ledger_pb2.TransfersResponse]],
+    ) -> list[types_pb2.Transfer] | errors.BankError:
+        answer = await self._call(shard_id, method, self._deadlines.apply_s, send)
+        if isinstance(answer, errors.BankError):
+            return answer
+        if len(answer.transfers) != expected:
+            return _malformed(shard_id, method, len(answer.transfers), expected)
         return list(answer.transfers)
 
     async def _legs(

@@ -61,6 +61,15 @@ class _Pair:
     credit_shard: str
     debit: Answer = field(default_factory=lambda: Answer(decisions.Vote.UNKNOWN))
     credit: Answer = field(default_factory=lambda: Answer(decisions.Vote.UNKNOWN))
+    # The record holder's stored record when it answered with one (a review
+    # hold keeps its deadline and assessment there).
+    record: types_pb2.Transfer | None = None
+
+    @property
+    def review(self) -> bool:
+        """Held for a risk review: asked for now, or recorded so before."""
+        stored = self.record is not None and self.record.review_deadline_unix_ms > 0
+        return stored or self.item.transfer.review_deadline_unix_ms > 0
 
     @property
     def transfer_id(self) -> str:
@@ -118,13 +127,21 @@ class TwoPhaseCommit:
         taken: list[_Item] = []
         deferred: list[_Item] = []
         seen: set[str] = set()
-        while self._queue and len(taken) < ROUND_ITEMS_MAX:
+        legs = 0
+        while self._queue and legs < ROUND_ITEMS_MAX:
             item = self._queue.popleft()
             if item.future.done():  # the caller gave up before we started
                 continue
             if item.transfer.id in seen:
                 deferred.append(item)
                 continue
+            # A review hold may put both its legs on one shard: count it twice,
+            # so no shard's Prepare exceeds the node's batch limit.
+            cost = 2 if item.transfer.review_deadline_unix_ms else 1
+            if legs + cost > ROUND_ITEMS_MAX:
+                deferred.append(item)
+                break
+            legs += cost
             seen.add(item.transfer.id)
             taken.append(item)
         self._queue.extendleft(reversed(deferred))
@@ -190,7 +207,9 @@ class TwoPhaseCommit:
             except UnknownShard as exc:
                 _resolve(item, decisions.unavailable(item.transfer, errors.SHARD_UNAVAILABLE, str(exc)))
                 continue
-            if debit_shard == credit_shard:
+            # A review hold is prepared on both legs even on one shard (record
+            # in t/, credit leg in l/): it must wait for the officer.
+            if debit_shard == credit_shard and not item.transfer.review_deadline_unix_ms:
                 local[debit_shard].append(item)
             else:
                 crossing.append(_Pair(item, debit_shard, credit_shard))
@@ -205,7 +224,9 @@ class TwoPhaseCommit:
         verdicts: dict[str, Verdict] = {}
         for leg in legs:
             plan = decisions.plan(leg.debit, leg.credit)
-            if plan.step == Step.RETRY:
+            if decisions.holds_for_review(leg.debit, leg.credit, plan, leg.review):
+                self._hold(leg, epoch)
+            elif plan.step == Step.RETRY:
                 retry.append(leg.item)
             elif plan.step == Step.REJECT:
                 verdicts[leg.transfer_id] = Verdict(Truth.ABORTED, plan.code, plan.reason, plan.message)
@@ -224,6 +245,21 @@ class TwoPhaseCommit:
             await self._finish(legs, verdicts, epoch)
         self._answer(legs, verdicts, epoch)
         return retry
+
+    def _hold(self, leg: _Pair, epoch: int) -> None:
+        """Answer a review hold now: PENDING / UNDER_REVIEW. Nothing is decided;
+        the officer's ReviewTransfer or recovery at the deadline will."""
+        log.info(
+            "transfer_held_for_review",
+            transfer_id=leg.transfer_id,
+            epoch=epoch,
+            debit_shard=leg.debit_shard,
+            credit_shard=leg.credit_shard,
+            review_deadline_unix_ms=(leg.record or leg.item.transfer).review_deadline_unix_ms,
+        )
+        result = decisions.under_review(leg.item.transfer, leg.record)
+        result.cross_shard = leg.debit_shard != leg.credit_shard
+        _resolve(leg.item, result)
 
     async def _prepare(self, legs: list[_Pair], epoch: int) -> None:
         by_shard: dict[str, list[tuple[_Pair, types_pb2.LegRole.ValueType]]] = defaultdict(list)
@@ -252,6 +288,9 @@ class TwoPhaseCommit:
                     vote = _classify_checked(answer[index], leg.transfer_id, shard_id)
                 if role == types_pb2.LEG_ROLE_DEBIT:
                     leg.debit = vote
+                    found = vote.vote in (decisions.Vote.PREPARED, decisions.Vote.COMMITTED)
+                    if found and not isinstance(answer, errors.BankError):
+                        leg.record = answer[index].transfer
                 else:
                     leg.credit = vote
 

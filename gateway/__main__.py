@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 
+from gateway.review.desk import REVIEW_DEADLINE_MS_DEFAULT, ReviewConfig
+from gateway.review.testhook import parse_rule
 from gateway.server import GatewayConfig, serve
 from shardbank import logs, metrics, service_auth
 
@@ -19,9 +21,31 @@ def parse_args(argv: list[str] | None = None) -> GatewayConfig:
     parser.add_argument(
         "--http-listen", default="", help="host:port for the HTTP/JSON API (e.g. 127.0.0.1:8080); empty: none"
     )
+    parser.add_argument(
+        "--review-deadline-ms",
+        type=int,
+        default=REVIEW_DEADLINE_MS_DEFAULT,
+        help="how long a transfer held for review waits for an officer before it is rejected automatically",
+    )
+    parser.add_argument(
+        "--freeze-on-severe",
+        action="store_true",
+        help="let the risk engine freeze an account when a severe rule fires (audited as risk-engine)",
+    )
+    parser.add_argument(
+        "--review-test-rule",
+        default="",
+        help="TEST HOOK, staff only, default off: 'amount>=N' holds every transfer/payment of at "
+        "least N minor units for review (without the risk engine)",
+    )
     service_auth.add_secret_argument(parser)
     metrics.add_port_argument(parser)
     args = parser.parse_args(argv)
+    try:
+        review = ReviewConfig(args.review_deadline_ms, args.freeze_on_severe)
+        test_rule = parse_rule(args.review_test_rule)
+    except ValueError as exc:
+        parser.error(str(exc))
     logs.configure("gateway", gateway_id=args.id)
     try:
         secret = service_auth.load_cluster_secret(args.cluster_secret_file, args.id)
@@ -34,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> GatewayConfig:
         http_listen=args.http_listen,
         cluster_secret=secret,
         metrics_port=args.metrics_port,
+        review=review,
+        review_test_rule=test_rule,
     )
 
 

@@ -33,6 +33,20 @@ def public_account(account: types_pb2.Account, reveal_identity: bool | None = No
     return shown
 
 
+def public_transfer(transfer: types_pb2.Transfer) -> types_pb2.Transfer:
+    """The transfer as the caller may see it: the risk assessment (score,
+    rules, alert) only for the roles that work with risk
+    (`permissions.RISK_VISIBLE_ROLES`); a customer sees a held transfer as
+    PENDING / UNDER_REVIEW and nothing that would tip it off about the rules."""
+    caller = principal.current()
+    if caller is None or permissions.sees_risk(caller.role) or not transfer.HasField("risk"):
+        return transfer
+    shown = types_pb2.Transfer()
+    shown.CopyFrom(transfer)
+    shown.ClearField("risk")
+    return shown
+
+
 def public_account_result(result: ledger_pb2.AccountResult) -> ledger_pb2.AccountResult:
     shown = ledger_pb2.AccountResult(code=result.code, reason=result.reason, message=result.message)
     if result.HasField("account"):

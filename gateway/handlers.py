@@ -17,6 +17,9 @@ from gateway import convert, dispatch, plans, routing, validation
 from gateway.auth import guard
 from gateway.auth.principal import Principal
 from gateway.dispatch import Budget
+from gateway.review import testhook
+from gateway.review.desk import ReviewDesk
+from gateway.review.testhook import ReviewTestRule
 from gateway.upstream import Cluster, downstream_error, unavailable
 from shardbank import errors, ids, metrics, slots
 from shardbank.v1 import bank_pb2, ledger_pb2, ledger_pb2_grpc, types_pb2
@@ -68,10 +71,19 @@ class BankHandlers:
     """`auth=None` serves without authorization (in-process tests only; the
     gateway process always installs it, see `gateway.server`)."""
 
-    def __init__(self, cluster: Cluster, gateway_id: str, auth: guard.Auth | None = None) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        gateway_id: str,
+        auth: guard.Auth | None = None,
+        desk: ReviewDesk | None = None,
+        review_test_rule: ReviewTestRule | None = None,
+    ) -> None:
         self._cluster = cluster
         self._default_actor = f"gateway:{gateway_id}"
         self._auth = auth
+        self._desk = desk
+        self._review_test_rule = review_test_rule
 
     def _caller(self) -> Principal | None:
         return None if self._auth is None else self._auth.caller()
@@ -150,16 +162,8 @@ class BankHandlers:
         guard.check_status_actions(caller, request.items)
         actor = self._actor(request.actor, caller)
         results, indices, clean = split_valid(request.items, validation.check_status_item, reject_account)
-
-        async def call(
-            node: ledger_pb2_grpc.LedgerNodeStub, items: list[ledger_pb2.StatusRequestItem], timeout_s: float
-        ) -> ledger_pb2.AccountsResponse:
-            reply: ledger_pb2.AccountsResponse = await node.ChangeStatus(
-                ledger_pb2.ChangeStatusRequest(items=items, actor=actor), timeout=timeout_s
-            )
-            return reply
-
-        routed = await dispatch.dispatch(clean, plans.AccountPlan(self._cluster, call), self._cluster, budget)
+        plan = plans.AccountPlan(self._cluster, plans.change_status_call(actor))
+        routed = await dispatch.dispatch(clean, plan, self._cluster, budget)
         for item, result in zip(clean, routed, strict=True):
             action = guard.STATUS_ACTIONS.get(item.action, "account.status")
             await self._audit(caller, action, [(str(item.account_id), result.code, result.reason)])
@@ -216,7 +220,11 @@ class BankHandlers:
             reply: ledger_pb2.ListHistoryResponse = await node.ListHistory(clean, timeout=timeout_s)
             return reply
 
-        return await self._on_owner(clean.account_id, call, budget)
+        page = await self._on_owner(clean.account_id, call, budget)
+        for entry in page.entries:
+            if entry.transfer.HasField("risk"):
+                entry.transfer.CopyFrom(convert.public_transfer(entry.transfer))
+        return page
 
     async def _on_owner(
         self,
@@ -268,12 +276,36 @@ class BankHandlers:
         )
         if guard.is_customer(caller):
             indices, clean = await self._customer_debits(caller, results, indices, clean, budget)
-        routed = await dispatch.dispatch(clean, plans.TransferPlan(self._cluster), self._cluster, budget)
-        outcomes = merge(results, indices, routed)
+        routed = await self._route_transfers(caller, clean, budget)
+        outcomes = [convert.public_transfer(o) for o in merge(results, indices, routed)]
         await self._audit_money(caller, outcomes)
         self._log_transfers(outcomes)
         metrics.count_transfers(outcomes)
         return ledger_pb2.TransfersResponse(transfers=outcomes)
+
+    async def _route_transfers(
+        self, caller: Principal | None, clean: list[types_pb2.Transfer], budget: Budget
+    ) -> list[types_pb2.Transfer]:
+        """To the ledger; with the review test hook on, the items it picks go
+        to the review desk instead (the risk engine takes this place)."""
+        rule, desk = self._review_test_rule, self._desk
+        picked = [i for i, t in enumerate(clean) if rule is not None and rule.fires(t)]
+        if rule is None or desk is None or not picked:
+            return await dispatch.dispatch(clean, plans.TransferPlan(self._cluster), self._cluster, budget)
+        picked_set = set(picked)
+        rest = [i for i in range(len(clean)) if i not in picked_set]
+        held_items = [clean[i] for i in picked]
+        assessments = await testhook.raise_alerts(desk, held_items, rule, caller)
+        held, passed = await asyncio.gather(
+            desk.hold(held_items, assessments, budget),
+            dispatch.dispatch(
+                [clean[i] for i in rest], plans.TransferPlan(self._cluster), self._cluster, budget
+            ),
+        )
+        routed: list[types_pb2.Transfer | None] = [None] * len(clean)
+        for index, outcome in zip([*picked, *rest], [*held, *passed], strict=True):
+            routed[index] = outcome
+        return [r for r in routed if r is not None]
 
     async def _customer_debits(
         self,
@@ -369,7 +401,7 @@ class BankHandlers:
         picked = routing.pick_transfer(answers, self._cluster.owner)
         if picked is not None:
             await self._check_transfer_visible(picked, budget)
-            return picked
+            return convert.public_transfer(picked)
         if waiting:
             raise unavailable(
                 errors.SHARD_UNAVAILABLE, f"{len(waiting)} shard(s) did not answer; the transfer may be there"

@@ -74,6 +74,20 @@ NodeCall = Callable[
 ]
 
 
+def change_status_call(actor: str) -> NodeCall[ledger_pb2.StatusRequestItem]:
+    """ChangeStatus at a node, recorded as done by `actor` (handlers, the automatic freeze)."""
+
+    async def call(
+        node: ledger_pb2_grpc.LedgerNodeStub, items: list[ledger_pb2.StatusRequestItem], timeout_s: float
+    ) -> ledger_pb2.AccountsResponse:
+        reply: ledger_pb2.AccountsResponse = await node.ChangeStatus(
+            ledger_pb2.ChangeStatusRequest(items=items, actor=actor), timeout=timeout_s
+        )
+        return reply
+
+    return call
+
+
 class AccountPlan(Generic[Item]):
     """Items about one existing account each (contact updates, status changes) to its owner."""
 

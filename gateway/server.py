@@ -28,9 +28,13 @@ from gateway.auth.guard import Auth
 from gateway.auth.interceptor import AuthInterceptor
 from gateway.auth.keys import KeyCache
 from gateway.handlers import BankHandlers
+from gateway.review.desk import ReviewConfig, ReviewDesk
+from gateway.review.service import RiskHandlers, RiskServicer
+from gateway.review.store import AlertStore
+from gateway.review.testhook import ReviewTestRule
 from gateway.upstream import Cluster
 from shardbank import limits, meta, metrics, service_auth
-from shardbank.v1 import bank_pb2, bank_pb2_grpc
+from shardbank.v1 import bank_pb2, bank_pb2_grpc, risk_pb2, risk_pb2_grpc
 
 log = structlog.get_logger("gateway.server")
 
@@ -40,6 +44,7 @@ SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", limits.MESSAGE_BYTES_MAX),
 ]
 BANK_SERVICE = bank_pb2.DESCRIPTOR.services_by_name["Bank"].full_name
+RISK_SERVICE = risk_pb2.DESCRIPTOR.services_by_name["Risk"].full_name
 # Calls in flight get this long to finish at shutdown.
 SHUTDOWN_GRACE_S = 5.0
 # How often health follows the slot map (SERVING once there is one).
@@ -57,14 +62,26 @@ class GatewayConfig:
     cluster_secret: bytes = field(default=b"", repr=False)
     # Prometheus /metrics on this port, same host as `listen`; 0: off.
     metrics_port: int = 0
+    # Review holds: deadline, automatic freeze (gateway.review.desk).
+    review: ReviewConfig = field(default_factory=ReviewConfig)
+    # Test/staff hook: hold transfers at or above an amount for review
+    # without the risk engine (gateway.review.testhook); None: off.
+    review_test_rule: ReviewTestRule | None = None
 
 
 class Gateway:
     def __init__(
-        self, config: GatewayConfig, server: grpc.aio.Server, port: int, cluster: Cluster, auth: Auth
+        self,
+        config: GatewayConfig,
+        server: grpc.aio.Server,
+        port: int,
+        cluster: Cluster,
+        auth: Auth,
+        desk: ReviewDesk,
     ) -> None:
         self.config = config
         self._auth = auth
+        self.desk = desk
         self.port = port
         host = config.listen.rpartition(":")[0] or "127.0.0.1"
         self.address = f"{host}:{port}"
@@ -112,6 +129,7 @@ class Gateway:
         await self._server.stop(grace_s)
         await self._auth.keys.close()
         self._auth.audit.close()
+        self.desk.store.close()
         await self._cluster.close()
         log.info("gateway_stopped", gateway_id=self.config.gateway_id)
 
@@ -122,7 +140,7 @@ class Gateway:
         status = (
             health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        for service in ("", BANK_SERVICE):
+        for service in ("", BANK_SERVICE, RISK_SERVICE):
             await self._health.set(service, status)
 
     async def _follow_health(self) -> None:
@@ -148,20 +166,23 @@ async def create_gateway(config: GatewayConfig) -> Gateway:
         maximum_concurrent_rpcs=limits.CONCURRENT_RPCS_MAX,
         interceptors=[AuthInterceptor(auth.keys)],
     )
-    servicer = AuthBankServicer(
-        BankHandlers(cluster, config.gateway_id, auth), AdminHandlers(config.etcd_endpoint, auth)
-    )
+    desk = ReviewDesk(cluster, AlertStore(config.etcd_endpoint), config.review, auth.audit)
+    handlers = BankHandlers(cluster, config.gateway_id, auth, desk, config.review_test_rule)
+    servicer = AuthBankServicer(handlers, AdminHandlers(config.etcd_endpoint, auth))
     bank_pb2_grpc.add_BankServicer_to_server(servicer, server)
+    risk_pb2_grpc.add_RiskServicer_to_server(RiskServicer(RiskHandlers(desk, auth)), server)
+    health_service = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
     reflection.enable_server_reflection(
-        (BANK_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-        server,
+        (BANK_SERVICE, RISK_SERVICE, health_service, reflection.SERVICE_NAME), server
     )
     port = server.add_insecure_port(config.listen)
     if port == 0:
         await auth.keys.close()
         await cluster.close()
         raise OSError(f"cannot listen on {config.listen}")
-    return Gateway(config, server, port, cluster, auth)
+    if config.review_test_rule is not None:
+        log.warning("review_test_rule_on", amount_min=config.review_test_rule.amount_min)
+    return Gateway(config, server, port, cluster, auth, desk)
 
 
 async def serve(config: GatewayConfig) -> None:

@@ -38,6 +38,40 @@ def budget_of(context: Context) -> Budget:
     return Budget(seconds)
 
 
+async def run(
+    name: str,
+    handler: Callable[[Request, Budget], Awaitable[Response]],
+    request: Request,
+    context: Context,
+) -> Response:
+    """Serve one public RPC: the handler's refusal, a downstream failure or a
+    bug becomes a gRPC status here and nowhere else (shared by Bank and Risk)."""
+    began = time.perf_counter()
+    try:
+        return await handler(request, budget_of(context))
+    except errors.BankError as error:
+        failure = error
+    except grpc.RpcError as exc:  # a downstream call not converted by its handler
+        failure = errors.from_rpc_error(exc)
+        if failure.code == grpc.StatusCode.UNAVAILABLE:
+            failure = unavailable(errors.SHARD_UNAVAILABLE, "a downstream service is unavailable")
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        request_id = str(uuid.uuid4())
+        log.exception("internal_error", rpc=name, request_id=request_id)
+        failure = errors.BankError(
+            grpc.StatusCode.INTERNAL, errors.INTERNAL, f"internal error; request id {request_id}"
+        )
+        failure.metadata["request_id"] = request_id
+    finally:
+        metrics.RPC_DURATION.labels(metrics.GATEWAY, name).observe(time.perf_counter() - began)
+    metrics.RPC_FAILURES.labels(metrics.GATEWAY, name, failure.code.name).inc()
+    if failure.code != grpc.StatusCode.INVALID_ARGUMENT:
+        log.info("refused", rpc=name, code=failure.code.name, reason=failure.reason)
+    await errors.abort(context, failure)
+
+
 class BankServicer(bank_pb2_grpc.BankServicer):
     def __init__(self, handlers: BankHandlers) -> None:
         self._handlers = handlers
@@ -49,30 +83,7 @@ class BankServicer(bank_pb2_grpc.BankServicer):
         request: Request,
         context: Context,
     ) -> Response:
-        began = time.perf_counter()
-        try:
-            return await handler(request, budget_of(context))
-        except errors.BankError as error:
-            failure = error
-        except grpc.RpcError as exc:  # a downstream call not converted by its handler
-            failure = errors.from_rpc_error(exc)
-            if failure.code == grpc.StatusCode.UNAVAILABLE:
-                failure = unavailable(errors.SHARD_UNAVAILABLE, "a downstream service is unavailable")
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            request_id = str(uuid.uuid4())
-            log.exception("internal_error", rpc=name, request_id=request_id)
-            failure = errors.BankError(
-                grpc.StatusCode.INTERNAL, errors.INTERNAL, f"internal error; request id {request_id}"
-            )
-            failure.metadata["request_id"] = request_id
-        finally:
-            metrics.RPC_DURATION.labels(metrics.GATEWAY, name).observe(time.perf_counter() - began)
-        metrics.RPC_FAILURES.labels(metrics.GATEWAY, name, failure.code.name).inc()
-        if failure.code != grpc.StatusCode.INVALID_ARGUMENT:
-            log.info("refused", rpc=name, code=failure.code.name, reason=failure.reason)
-        await errors.abort(context, failure)
+        return await run(name, handler, request, context)
 
     async def OpenAccounts(
         self, request: bank_pb2.OpenAccountsRequest, context: Context

@@ -8,7 +8,8 @@ journal by seq and `h/<account>` walks one account's history by seq.
     t/ + transfer uuid (16)               Leg proto: a transfer record held here
                                           (single-shard, or 2PC debit = record holder)
     l/ + transfer uuid (16)               Leg proto: a 2PC credit leg
-    p/ + role (1) + transfer uuid (16)    prepared_at ms (8): in-doubt index
+    p/ + role (1) + transfer uuid (16)    in doubt from, ms (8): in-doubt index
+                                          (prepared_at; a review hold's deadline)
     j/ + seq (8)                          sha256 (32) || JournalEntry bytes
     h/ + account id (8) + seq (8)         HistoryEntry proto
     m/epoch                               highest coordinator epoch seen (8)

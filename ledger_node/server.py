@@ -342,6 +342,7 @@ class LedgerNodeServicer(ledger_pb2_grpc.LedgerNodeServicer):
         self, request: ledger_pb2.GetNodeInfoRequest, context: Context
     ) -> ledger_pb2.NodeInfo:
         ledger = self._ledger
+        review_holds = ledger.review_holds(wall_clock_ms())
         return ledger_pb2.NodeInfo(
             shard_id=self.shard_id,
             address=self.address,
@@ -351,11 +352,12 @@ class LedgerNodeServicer(ledger_pb2_grpc.LedgerNodeServicer):
             journal_seq=ledger.journal_seq,
             journal_head_hash=ledger.journal_hash,
             max_epoch_seen=ledger.max_epoch,
-            in_doubt_legs=len(ledger.in_doubt),
+            in_doubt_legs=len(ledger.in_doubt) - review_holds,
             transfers_applied=ledger.transfers_applied,
             pid=os.getpid(),
             writer_queue_items=self._writer.queued_items,
             metrics_address=self.metrics_address,
+            review_holds=review_holds,
         )
 
 

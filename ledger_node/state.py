@@ -367,7 +367,8 @@ class Ledger:
         self.journal_seq = journal_seq
         self.journal_hash = journal_hash
         self.max_epoch = max_epoch
-        # (role, transfer id) -> prepared_at ms of every PREPARED record/leg.
+        # (role, transfer id) -> ms from which each PREPARED record/leg counts
+        # as in doubt: its prepared_at, or a review hold's deadline.
         self.in_doubt: dict[tuple[int, str], int] = in_doubt if in_doubt is not None else {}
         self.transfers_applied = transfers_applied
         self._reader = reader
@@ -867,6 +868,7 @@ class Ledger:
             if role not in (DEBIT, CREDIT):
                 raise errors.invalid(errors.INVALID_ARGUMENT, "role must be DEBIT or CREDIT")
             transfer = self._transfer_form(item.transfer, cross_shard=True)
+            _take_review(transfer, item.transfer, now_ms)
         except BankError as error:
             return _leg_refused(item.transfer, role, error)
         key = keys.transfer_key(transfer.id) if role == DEBIT else keys.leg_key(transfer.id)
@@ -904,9 +906,14 @@ class Ledger:
         self._touch(account, now_ms)
         record.state = PREPARED
         record.transfer.status = types_pb2.TRANSFER_STATUS_PENDING
+        if transfer.review_deadline_unix_ms:
+            record.transfer.reason = errors.UNDER_REVIEW
         self._record_leg(key, record, types_pb2.JOURNAL_KIND_LEG_PREPARED, [posting], now_ms)
-        self.in_doubt[(role, transfer.id)] = now_ms
-        self._writes[keys.in_doubt_key(role, transfer.id)] = keys.u64(now_ms)
+        # A review hold waits on purpose: it counts as in doubt (presumed
+        # abandoned by recovery) from its deadline on, not from now.
+        doubt_from_ms = max(now_ms, transfer.review_deadline_unix_ms)
+        self.in_doubt[(role, transfer.id)] = doubt_from_ms
+        self._writes[keys.in_doubt_key(role, transfer.id)] = keys.u64(doubt_from_ms)
         return _leg_out(record)
 
     def _record_leg(
@@ -958,6 +965,12 @@ class Ledger:
                 f"transfer {transfer_id} is already {ledger_pb2.LegState.Name(record.state)}",
             )
             return _leg_out(record, contradiction)
+        deadline_ms = record.transfer.review_deadline_unix_ms
+        if role == DEBIT and wanted == COMMITTED and deadline_ms and now_ms >= deadline_ms:
+            # The record holder's clock has the last word on a review's
+            # deadline: an approval that arrives late does not move money.
+            expired = errors.precondition(errors.REVIEW_EXPIRED, f"review of {transfer_id} expired")
+            return _leg_out(record, expired)
         self._settle(record, key, wanted, item, epoch, now_ms)
         return _leg_out(record, done=True)
 
@@ -1069,8 +1082,13 @@ class Ledger:
         _set_outcome(missing, errors.not_found(errors.TRANSFER_NOT_FOUND, "no such transfer here"))
         return missing
 
+    def review_holds(self, now_ms: int) -> int:
+        """PREPARED legs waiting for a review whose deadline is still ahead."""
+        return sum(1 for doubt_from in self.in_doubt.values() if doubt_from > now_ms)
+
     def in_doubt_legs(self, now_ms: int, older_than_ms: int, limit: int) -> list[ledger_pb2.Leg]:
-        """PREPARED records and legs prepared at least older_than_ms ago, oldest first."""
+        """PREPARED records and legs in doubt for at least older_than_ms,
+        oldest first (a review hold from its deadline on)."""
         limit = min(limit or IN_DOUBT_LIMIT_DEFAULT, limits.BATCH_ITEMS_MAX)
         due = sorted(
             (prepared_at, role, transfer_id)
@@ -1087,6 +1105,22 @@ class Ledger:
             invariant(record.state == PREPARED, f"in-doubt index names settled leg {transfer_id}")
             legs.append(record)
         return legs
+
+
+# Longest review a transfer may be held for (the gateway's deadlines are far
+# shorter); a bound so a bad value cannot hold money for ever.
+REVIEW_HOLD_MS_MAX = 30 * 24 * 3600 * 1000
+
+
+def _take_review(clean: types_pb2.Transfer, given: types_pb2.Transfer, now_ms: int) -> None:
+    """Keep the gateway's risk assessment and review deadline on a 2PC leg
+    (they are not part of the body two submissions must agree on)."""
+    deadline_ms = given.review_deadline_unix_ms
+    if deadline_ms < 0 or deadline_ms > now_ms + REVIEW_HOLD_MS_MAX:
+        raise errors.invalid(errors.INVALID_REVIEW_DEADLINE, "review deadline is out of range")
+    clean.review_deadline_unix_ms = deadline_ms
+    if given.HasField("risk"):
+        clean.risk.CopyFrom(given.risk)
 
 
 def _usable(account: AccountState, transfer: types_pb2.Transfer) -> BankError | None:

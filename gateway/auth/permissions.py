@@ -13,7 +13,9 @@ Roles:
   customer      its own accounts: open (holder.customer_id forced to its own),
                 show, history, transfer/payment out of them
   teller        open accounts, contact updates, deposit/withdraw, show, history, transfers' status
-  risk_officer  freeze/unfreeze, show
+  risk_officer  freeze/unfreeze, show; alerts (list, acknowledge, resolve) and
+                the review of held transfers (approve/reject) — never moves
+                money of its own accord
   auditor       read everything (accounts, history, transfers, cluster, keys, audit), change nothing
   operator      cluster information, show
   admin         everything, and API keys
@@ -37,6 +39,7 @@ SERVICE = "service"
 ROLES: tuple[str, ...] = (CUSTOMER, TELLER, RISK_OFFICER, AUDITOR, OPERATOR, ADMIN, SERVICE)
 
 BANK_SERVICE_PREFIX = "/shardbank.v1.Bank/"
+RISK_SERVICE_PREFIX = "/shardbank.v1.Risk/"
 
 _ALL = frozenset(ROLES)
 _STAFF_WRITE = frozenset({ADMIN, SERVICE})
@@ -54,6 +57,12 @@ RPC_ROLES: Mapping[str, frozenset[str]] = {
     "RevokeApiKey": frozenset({ADMIN}),
     "ListApiKeys": frozenset({ADMIN, AUDITOR}),
     "ListAudit": frozenset({ADMIN, AUDITOR}),
+    # The Risk service (proto/shardbank/v1/risk.proto).
+    "ListAlerts": frozenset({RISK_OFFICER, AUDITOR, ADMIN}),
+    "GetAlert": frozenset({RISK_OFFICER, AUDITOR, ADMIN}),
+    "AcknowledgeAlert": frozenset({RISK_OFFICER, ADMIN}),
+    "ResolveAlert": frozenset({RISK_OFFICER, ADMIN}),
+    "ReviewTransfer": frozenset({RISK_OFFICER, ADMIN}),
 }
 
 TRANSFER_KIND_ROLES: Mapping[int, frozenset[str]] = {
@@ -74,6 +83,8 @@ STATUS_ACTION_ROLES: Mapping[int, frozenset[str]] = {
 # app logs, crash reports and support screenshots, and a customer's app has
 # no need for the full number it already knows.
 UNMASKED_ROLES = frozenset({TELLER, AUDITOR, ADMIN, SERVICE})
+# Roles that see a transfer's risk assessment (score, rules, alert id).
+RISK_VISIBLE_ROLES = frozenset({RISK_OFFICER, AUDITOR, ADMIN, SERVICE})
 
 
 @dataclass(frozen=True)
@@ -103,10 +114,12 @@ RATE_LIMITS: Mapping[str, RateLimit] = {
 
 
 def rpc_name(method: str) -> str | None:
-    """'/shardbank.v1.Bank/GetAccount' -> 'GetAccount'; None for other services."""
-    if not method.startswith(BANK_SERVICE_PREFIX):
-        return None
-    return method[len(BANK_SERVICE_PREFIX) :]
+    """'/shardbank.v1.Bank/GetAccount' -> 'GetAccount' (Bank and Risk); None
+    for other services (health, reflection)."""
+    for prefix in (BANK_SERVICE_PREFIX, RISK_SERVICE_PREFIX):
+        if method.startswith(prefix):
+            return method[len(prefix) :]
+    return None
 
 
 def may_call(role: str, rpc: str) -> bool:
@@ -126,10 +139,18 @@ def reveals_identity(role: str) -> bool:
     return role in UNMASKED_ROLES
 
 
-def _check_table() -> None:
-    from shardbank.v1 import bank_pb2
+def sees_risk(role: str) -> bool:
+    return role in RISK_VISIBLE_ROLES
 
-    rpcs = {m.name for m in bank_pb2.DESCRIPTOR.services_by_name["Bank"].methods}
+
+def _check_table() -> None:
+    from shardbank.v1 import bank_pb2, risk_pb2
+
+    bank = {m.name for m in bank_pb2.DESCRIPTOR.services_by_name["Bank"].methods}
+    risk = {m.name for m in risk_pb2.DESCRIPTOR.services_by_name["Risk"].methods}
+    if bank & risk:
+        raise RuntimeError(f"Bank and Risk share RPC names: {sorted(bank & risk)}")
+    rpcs = bank | risk
     if rpcs != set(RPC_ROLES):
         raise RuntimeError(f"permission table and Bank RPCs differ: {sorted(rpcs ^ set(RPC_ROLES))}")
 

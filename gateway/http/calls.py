@@ -19,12 +19,13 @@ from grpc_health.v1 import health_pb2_grpc
 from gateway.http import limits
 from gateway.http.errors import INVALID_HEADER, REQUEST_ID_KEY, rpc_failure
 from shardbank import errors
-from shardbank.v1 import bank_pb2_grpc
+from shardbank.v1 import bank_pb2_grpc, risk_pb2_grpc
 
 if TYPE_CHECKING:
     from grpc_health.v1.health_pb2_grpc import HealthStub
 
     from shardbank.v1.bank_pb2_grpc import BankAsyncStub
+    from shardbank.v1.risk_pb2_grpc import RiskAsyncStub
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -36,6 +37,7 @@ class Upstream:
 
     channel: grpc.aio.Channel
     bank: BankAsyncStub
+    risk: RiskAsyncStub
     health: HealthStub
     call_deadline_s: float
 
@@ -46,6 +48,7 @@ class Upstream:
         return cls(
             channel=channel,
             bank=cast("BankAsyncStub", bank_pb2_grpc.BankStub(channel)),
+            risk=cast("RiskAsyncStub", risk_pb2_grpc.RiskStub(channel)),
             health=health_pb2_grpc.HealthStub(channel),
             call_deadline_s=call_deadline_s,
         )

@@ -22,8 +22,9 @@ from gateway.auth import http as auth_http
 from gateway.http import handlers, limits, meta
 from gateway.http.errors import INVALID_QUERY
 from gateway.http.handlers import Handler
-from shardbank import errors
-from shardbank.v1 import bank_pb2, ledger_pb2, types_pb2
+from gateway.review import http as review_http
+from shardbank import alerts, errors
+from shardbank.v1 import bank_pb2, ledger_pb2, risk_pb2, types_pb2
 
 EXAMPLE_ACCOUNT_ID = "6222020000000015"
 EXAMPLE_OTHER_ACCOUNT_ID = "6222020000000023"
@@ -241,6 +242,132 @@ AUTH_ROUTES: tuple[Route, ...] = (
     ),
 )
 
+ALERT_ID = Param(
+    "alert_id",
+    "path",
+    {"type": "string", "pattern": "^[0-9]{13}-[0-9a-f]{12}$"},
+    "the alert's id (<created_at_unix_ms, 13 digits>-<12 hex>); else 400 INVALID_ALERT_ID",
+    required=True,
+)
+_ALERT = risk_pb2.Alert.DESCRIPTOR
+_NOTE_BODY = Body(
+    risk_pb2.AlertActionRequest.DESCRIPTOR,
+    "AlertNoteBody",
+    review_http.NOTE_FIELDS,
+    {"note": "called the customer"},
+)
+ALERT_FILTER_PARAMS = (
+    Param("status", "query", {"type": "string", "enum": list(alerts.STATUSES)}, "only alerts in this status"),
+    Param(
+        "rule",
+        "query",
+        {"type": "string", "maxLength": alerts.RULE_LENGTH_MAX},
+        "only alerts this rule raised",
+    ),
+    Param("decision", "query", {"type": "string", "enum": list(alerts.DECISIONS)}, "only this decision"),
+    Param(
+        "account_id",
+        "query",
+        {"type": "string", "pattern": "^[0-9]{1,20}$"},
+        "only alerts about this account (either side, or the one the rule looked at)",
+    ),
+    Param(
+        "created_since_unix_ms",
+        "query",
+        {"type": "string", "pattern": "^[0-9]{1,13}$"},
+        "created at or after (unix ms)",
+    ),
+    Param(
+        "created_until_unix_ms",
+        "query",
+        {"type": "string", "pattern": "^[0-9]{1,13}$"},
+        "created at or before (unix ms)",
+    ),
+    Param(
+        "page_size",
+        "query",
+        {"type": "integer", "minimum": 1, "maximum": alerts.PAGE_SIZE_MAX},
+        "alerts per page; absent -> the server default",
+    ),
+    Param("page_token", "query", {"type": "string", "maxLength": 64}, "next_page_token of the previous page"),
+)
+
+
+def _alert_action_route(verb: str, handler: Handler, what: str) -> Route:
+    return Route(
+        "POST",
+        f"/v1/risk/alerts/{{alert_id}}:{verb}",
+        f"{verb}Alert",
+        f"{verb.title()} an alert",
+        f"Roles risk_officer, admin. {what} Audited with the actor.",
+        handler,
+        (Reply(200, "the alert", _ALERT),),
+        "risk",
+        body=_NOTE_BODY,
+        params=(ALERT_ID,),
+        errors=(404, 409, 413, 415, 422),
+    )
+
+
+RISK_ROUTES: tuple[Route, ...] = (
+    Route(
+        "GET",
+        "/v1/risk/alerts",
+        "listAlerts",
+        "List risk alerts, newest first",
+        "Roles risk_officer, auditor, admin. Filters combine; an empty next_page_token means the last "
+        "page. review_state EXPIRED: the hold's deadline passed and the transfer was rejected automatically.",
+        review_http.list_alerts,
+        (Reply(200, "one page", risk_pb2.ListAlertsResponse.DESCRIPTOR),),
+        "risk",
+        params=ALERT_FILTER_PARAMS,
+    ),
+    Route(
+        "GET",
+        "/v1/risk/alerts/{alert_id}",
+        "getAlert",
+        "Show an alert",
+        "Roles risk_officer, auditor, admin.",
+        review_http.get_alert,
+        (Reply(200, "the alert", _ALERT),),
+        "risk",
+        params=(ALERT_ID,),
+        errors=(404,),
+    ),
+    _alert_action_route(
+        "acknowledge",
+        review_http.acknowledge_alert,
+        "OPEN -> ACKNOWLEDGED (again: unchanged); a RESOLVED one is 422 ALERT_RESOLVED.",
+    ),
+    _alert_action_route(
+        "resolve",
+        review_http.resolve_alert,
+        "A note is required. Compare-and-swap: two officers resolving at once cannot overwrite each "
+        "other (the second gets 422 ALERT_RESOLVED).",
+    ),
+    Route(
+        "POST",
+        "/v1/risk/transfers/{transfer_id}:review",
+        "reviewTransfer",
+        "Approve or reject a transfer held for review",
+        "Roles risk_officer, admin. APPROVE: the transfer completes; REJECT: it is aborted "
+        "(RISK_REJECTED) and the hold released. The same decision again answers the same transfer; "
+        "the other one on a decided transfer, or any past the deadline, is 422 with the reason "
+        "(REVIEW_APPROVED, RISK_REJECTED, REVIEW_EXPIRED, NOT_UNDER_REVIEW). Audited with the actor.",
+        review_http.review_transfer,
+        (Reply(200, "the transfer after the decision", risk_pb2.ReviewTransferResponse.DESCRIPTOR),),
+        "risk",
+        body=Body(
+            risk_pb2.ReviewTransferRequest.DESCRIPTOR,
+            "ReviewBody",
+            review_http.REVIEW_FIELDS,
+            {"action": "REVIEW_ACTION_APPROVE", "note": "customer confirmed by phone"},
+        ),
+        params=(TRANSFER_ID,),
+        errors=(404, 413, 415, 422),
+    ),
+)
+
 ROUTES: tuple[Route, ...] = (
     Route(
         "POST",
@@ -378,6 +505,7 @@ ROUTES: tuple[Route, ...] = (
         "cluster",
     ),
     *AUTH_ROUTES,
+    *RISK_ROUTES,
     Route(
         "GET",
         "/healthz",

@@ -33,7 +33,7 @@ def _health(address: str, service: str = "") -> int:
 def test_every_component_has_health_and_reflection(cluster: LocalCluster) -> None:
     serving = health_pb2.HealthCheckResponse.SERVING
     gateway = _services(cluster.gateway_address)
-    assert {"shardbank.v1.Bank", "grpc.health.v1.Health"} <= gateway
+    assert {"shardbank.v1.Bank", "shardbank.v1.Risk", "grpc.health.v1.Health"} <= gateway
     assert _health(cluster.gateway_address) == serving
     for address in cluster.node_addresses.values():
         assert {"shardbank.v1.LedgerNode", "grpc.health.v1.Health"} <= _services(address)

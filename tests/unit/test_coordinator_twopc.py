@@ -564,3 +564,41 @@ async def test_queue_is_bounded(cluster: Cluster, monkeypatch: pytest.MonkeyPatc
 async def test_unknown_shard_is_unavailable(cluster: Cluster) -> None:
     (result,) = await cluster.submit(transfer(credit=4000000000000044))
     assert (result.status, result.code) == (T.TRANSFER_STATUS_PENDING, 14)
+
+
+def _for_review(t: T.Transfer) -> T.Transfer:
+    t.review_deadline_unix_ms = now_ms() + 60_000
+    t.risk.decision = T.RISK_DECISION_REVIEW
+    return t
+
+
+@with_cluster
+async def test_review_hold_is_prepared_not_decided_and_a_resubmission_cannot_skip_it(
+    cluster: Cluster,
+) -> None:
+    t = _for_review(transfer(amount=300))
+    (held,) = await cluster.submit(t)
+    assert (held.status, held.code, held.reason) == (T.TRANSFER_STATUS_PENDING, OK, errors.UNDER_REVIEW)
+    assert held.review_deadline_unix_ms == t.review_deadline_unix_ms
+    assert cluster.nodes["shard-1"].calls["Decide"] == 0 and cluster.nodes["shard-2"].calls["Finish"] == 0
+    assert (cluster.acct(ALICE).held, cluster.acct(BOB).pending_credit) == (300, 300)
+    # The same id again without the review flag (an engine that now says ALLOW): still held.
+    (again,) = await cluster.submit(transfer(amount=300, transfer_id=t.id))
+    assert (again.status, again.reason) == (T.TRANSFER_STATUS_PENDING, errors.UNDER_REVIEW)
+    assert cluster.nodes["shard-1"].calls["Decide"] == 0 and cluster.acct(BOB).balance == 0
+
+
+@with_cluster
+async def test_same_shard_review_hold_goes_through_two_phase_commit(cluster: Cluster) -> None:
+    (held,) = await cluster.submit(_for_review(transfer(ALICE, CAROL, 200)))
+    assert held.reason == errors.UNDER_REVIEW and not held.cross_shard
+    assert cluster.nodes["shard-1"].calls["ApplyTransfers"] == 0
+    assert (cluster.acct(ALICE).held, cluster.acct(CAROL).pending_credit) == (200, 200)
+
+
+@with_cluster
+async def test_review_hold_refused_by_the_credit_shard_aborts_as_usual(cluster: Cluster) -> None:
+    cluster.nodes["shard-2"].accounts[BOB].status = T.ACCOUNT_STATUS_FROZEN
+    (done,) = await cluster.submit(_for_review(transfer(amount=100)))
+    assert (done.status, done.reason) == (T.TRANSFER_STATUS_ABORTED, errors.ACCOUNT_FROZEN)
+    assert cluster.no_holds()
