@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             ids = _first_accounts(store, 10_000)
         finally:
             store.close()
-        _say(lines, f"database on disk: {_du_mib(path):,.0f} MiB")
+        _say(lines, f"database on disk: {_du_mib(path):,.0f} MiB   load now {os.getloadavg()[0]:.1f}")
         measure(path, ids, lines)
     finally:
         if not args.data_dir:
