@@ -62,6 +62,8 @@ CLUSTER_RUNNING = "CLUSTER_RUNNING"
 UNKNOWN_COMPONENT = "UNKNOWN_COMPONENT"
 COMPONENT_RUNNING = "COMPONENT_RUNNING"
 
+# The repository's risk rules, passed to the gateway unless a cluster names its own.
+RISK_CONFIG_DEFAULT = str(Path(__file__).resolve().parents[1] / "config" / "risk.toml")
 # Ports of `shardbank up` relative to base_port (the gateway's): nodes +10.., coordinators +20..
 NODE_PORT_OFFSET = 10
 COORDINATOR_PORT_OFFSET = 20
@@ -117,10 +119,13 @@ class LocalCluster:
         start_timeout_s: float = 60.0,
         stop_timeout_s: float = 10.0,
         authenticate_services: bool = True,
+        risk_config: str | None = None,
     ) -> None:
         """`base_port=None`: every port not given is a free one (tests). With a
         base port: gateway base, nodes base+10+i, coordinators base+20+i.
-        `shards=0`, `coordinators=0`, `gateway=False` leave those out (etcd alone)."""
+        `shards=0`, `coordinators=0`, `gateway=False` leave those out (etcd alone).
+        `risk_config`: the gateway's risk rules file (None: the repository's
+        config/risk.toml; "": risk check off)."""
         if shards < 0 or coordinators < 0:
             raise ValueError("shards and coordinators must be >= 0")
         if base_port is not None and shards > COORDINATOR_PORT_OFFSET - NODE_PORT_OFFSET:
@@ -134,6 +139,7 @@ class LocalCluster:
         self.start_timeout_s = start_timeout_s
         self.stop_timeout_s = stop_timeout_s
         self.authenticate_services = authenticate_services
+        self.risk_config = risk_config
         self.secret_file = self.data_dir / service_auth.SECRET_FILE_NAME
         spare = iter(processes.free_ports(4 + shards + coordinators))
         # An explicit etcd port takes the next one for peers (2379/2380), as etcd's defaults do.
@@ -179,6 +185,10 @@ class LocalCluster:
         argv += ["--cluster-secret-file", str(self.secret_file) if self.authenticate_services else ""]
         if kind == GATEWAY:
             argv += ["--http-listen", self.http_address]
+            if self.risk_config == "":
+                argv += ["--risk", "off"]
+            else:
+                argv += ["--risk-config", self.risk_config or RISK_CONFIG_DEFAULT]
         self._add(name, kind, address, argv)
 
     def _etcd_argv(self, client_port: int, peer_port: int) -> list[str]:

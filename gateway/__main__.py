@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
+from gateway.risk.config import DEFAULT_PATH as DEFAULT_RISK_CONFIG
 from gateway.server import GatewayConfig, serve
 from shardbank import logs, service_auth
 
@@ -19,6 +20,14 @@ def parse_args(argv: list[str] | None = None) -> GatewayConfig:
     parser.add_argument(
         "--http-listen", default="", help="host:port for the HTTP/JSON API (e.g. 127.0.0.1:8080); empty: none"
     )
+    parser.add_argument(
+        "--risk-config",
+        default=DEFAULT_RISK_CONFIG,
+        help="risk rules, TOML (reloaded on change and on SIGHUP); default: the repo's config/risk.toml",
+    )
+    parser.add_argument(
+        "--risk", choices=("on", "off"), default="on", help="off: no risk check (benchmarks of the bare path)"
+    )
     service_auth.add_secret_argument(parser)
     args = parser.parse_args(argv)
     logs.configure("gateway")
@@ -32,6 +41,7 @@ def parse_args(argv: list[str] | None = None) -> GatewayConfig:
         etcd_endpoint=args.etcd,
         http_listen=args.http_listen,
         cluster_secret=secret,
+        risk_config=args.risk_config if args.risk == "on" else "",
     )
 
 

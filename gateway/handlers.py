@@ -17,6 +17,7 @@ from gateway import convert, dispatch, plans, routing, validation
 from gateway.auth import guard
 from gateway.auth.principal import Principal
 from gateway.dispatch import Budget
+from gateway.risk.gate import RiskGate
 from gateway.upstream import Cluster, downstream_error, unavailable
 from shardbank import errors, ids, slots
 from shardbank.v1 import bank_pb2, ledger_pb2, ledger_pb2_grpc, types_pb2
@@ -68,10 +69,18 @@ class BankHandlers:
     """`auth=None` serves without authorization (in-process tests only; the
     gateway process always installs it, see `gateway.server`)."""
 
-    def __init__(self, cluster: Cluster, gateway_id: str, auth: guard.Auth | None = None) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        gateway_id: str,
+        auth: guard.Auth | None = None,
+        risk: RiskGate | None = None,
+    ) -> None:
+        """`risk=None`: no risk check (`--risk off`, benchmarks of the bare path)."""
         self._cluster = cluster
         self._default_actor = f"gateway:{gateway_id}"
         self._auth = auth
+        self._risk = risk
 
     def _caller(self) -> Principal | None:
         return None if self._auth is None else self._auth.caller()
@@ -216,7 +225,11 @@ class BankHandlers:
             reply: ledger_pb2.ListHistoryResponse = await node.ListHistory(clean, timeout=timeout_s)
             return reply
 
-        return await self._on_owner(clean.account_id, call, budget)
+        page = await self._on_owner(clean.account_id, call, budget)
+        caller = self._caller()
+        for entry in page.entries:
+            guard.redact_risk(caller, entry.transfer)
+        return page
 
     async def _on_owner(
         self,
@@ -263,12 +276,19 @@ class BankHandlers:
         caller = self._caller()
         guard.check_transfer_kinds(caller, request.transfers)
         results, indices, clean = split_valid(
-            request.transfers, validation.check_transfer, convert.rejected_transfer
+            request.transfers, validation.check_submitted_transfer, convert.rejected_transfer
         )
         if guard.is_customer(caller):
             indices, clean = await self._customer_debits(caller, results, indices, clean, budget)
-        routed = await dispatch.dispatch(clean, plans.TransferPlan(self._cluster), self._cluster, budget)
-        outcomes = merge(results, indices, routed)
+
+        async def send(items: list[types_pb2.Transfer]) -> list[types_pb2.Transfer]:
+            return await dispatch.dispatch(items, plans.TransferPlan(self._cluster), self._cluster, budget)
+
+        if self._risk is not None and clean:
+            routed = await self._risk.run(clean, budget, send)
+        else:
+            routed = await send(clean)
+        outcomes = [guard.redact_risk(caller, o) for o in merge(results, indices, routed)]
         await self._audit_money(caller, outcomes)
         self._log_transfers(outcomes)
         return ledger_pb2.TransfersResponse(transfers=outcomes)
@@ -356,7 +376,7 @@ class BankHandlers:
         picked = routing.pick_transfer(answers, self._cluster.owner)
         if picked is not None:
             await self._check_transfer_visible(picked, budget)
-            return picked
+            return guard.redact_risk(self._caller(), picked)
         if waiting:
             raise unavailable(
                 errors.SHARD_UNAVAILABLE, f"{len(waiting)} shard(s) did not answer; the transfer may be there"

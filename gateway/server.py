@@ -28,6 +28,11 @@ from gateway.auth.guard import Auth
 from gateway.auth.interceptor import AuthInterceptor
 from gateway.auth.keys import KeyCache
 from gateway.handlers import BankHandlers
+from gateway.risk.alerts import EtcdAlerts
+from gateway.risk.gate import RiskGate
+from gateway.risk.reload import ConfigHolder
+from gateway.risk.review import RefuseReview
+from gateway.risk.state import ShardActivity
 from gateway.upstream import Cluster
 from shardbank import limits, meta, service_auth
 from shardbank.v1 import bank_pb2, bank_pb2_grpc
@@ -55,6 +60,8 @@ class GatewayConfig:
     http_listen: str = ""
     # Signs calls to nodes and the coordinator (service_auth); b"": unsigned.
     cluster_secret: bytes = field(default=b"", repr=False)
+    # The risk rules (gateway/risk, TOML); empty: no risk check.
+    risk_config: str = ""
 
 
 class Gateway:
@@ -74,10 +81,14 @@ class Gateway:
         self._health_task: asyncio.Task[None] | None = None
         self._http: Any = None
         self.http_port = 0
+        self.risk: RiskGate | None = None
+        self._alerts: EtcdAlerts | None = None
 
     async def start(self) -> None:
         await self._set_health(self._cluster.has_slot_map())
         await self._server.start()
+        if self.risk is not None:
+            self.risk.holder.start()
         self._health_task = asyncio.create_task(self._follow_health())
         value = {"gateway_id": self.config.gateway_id, "address": self.address, "pid": os.getpid()}
         key = meta.GATEWAYS + self.config.gateway_id
@@ -104,6 +115,10 @@ class Gateway:
         if self._http is not None:
             await self._http.cleanup()
         await self._server.stop(grace_s)
+        if self.risk is not None:
+            await self.risk.holder.stop()
+        if self._alerts is not None:
+            self._alerts.close()
         await self._auth.keys.close()
         self._auth.audit.close()
         await self._cluster.close()
@@ -135,6 +150,12 @@ async def create_gateway(config: GatewayConfig) -> Gateway:
         config.etcd_endpoint, service_auth.channel_interceptors(config.cluster_secret, config.gateway_id)
     )
     await cluster.start()
+    risk, alert_sink = None, None
+    if config.risk_config:
+        alert_sink = EtcdAlerts(config.etcd_endpoint)
+        risk = RiskGate(ConfigHolder(config.risk_config), ShardActivity(cluster), alert_sink, RefuseReview())
+    else:
+        log.warning("risk_check_off", gateway_id=config.gateway_id)
     auth = Auth(KeyCache(config.etcd_endpoint), AuditLog(config.etcd_endpoint))
     await auth.keys.start()
     server = grpc.aio.server(
@@ -143,7 +164,7 @@ async def create_gateway(config: GatewayConfig) -> Gateway:
         interceptors=[AuthInterceptor(auth.keys)],
     )
     servicer = AuthBankServicer(
-        BankHandlers(cluster, config.gateway_id, auth), AdminHandlers(config.etcd_endpoint, auth)
+        BankHandlers(cluster, config.gateway_id, auth, risk), AdminHandlers(config.etcd_endpoint, auth)
     )
     bank_pb2_grpc.add_BankServicer_to_server(servicer, server)
     reflection.enable_server_reflection(
@@ -155,7 +176,9 @@ async def create_gateway(config: GatewayConfig) -> Gateway:
         await auth.keys.close()
         await cluster.close()
         raise OSError(f"cannot listen on {config.listen}")
-    return Gateway(config, server, port, cluster, auth)
+    gateway = Gateway(config, server, port, cluster, auth)
+    gateway.risk, gateway._alerts = risk, alert_sink
+    return gateway
 
 
 async def serve(config: GatewayConfig) -> None:

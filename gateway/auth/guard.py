@@ -77,6 +77,31 @@ def owns(caller: Principal | None, account: types_pb2.Account) -> bool:
     return bool(caller.customer_id) and account.holder.customer_id == caller.customer_id
 
 
+# Roles that see why risk control decided (rules, score, alert id) on a
+# transfer; a customer sees the decision alone (an alert-only AML rule must
+# not tip the customer off).
+RISK_DETAIL_ROLES = frozenset(
+    {
+        permissions.TELLER,
+        permissions.ADMIN,
+        permissions.SERVICE,
+        permissions.RISK_OFFICER,
+        permissions.AUDITOR,
+    }
+)
+
+
+def sees_risk_details(caller: Principal | None) -> bool:
+    return caller is None or caller.role in RISK_DETAIL_ROLES
+
+
+def redact_risk(caller: Principal | None, transfer: types_pb2.Transfer) -> types_pb2.Transfer:
+    """The transfer as this caller may see it (changed in place, returned)."""
+    if transfer.HasField("risk") and not sees_risk_details(caller):
+        transfer.risk.CopyFrom(types_pb2.RiskAssessment(decision=transfer.risk.decision))
+    return transfer
+
+
 def not_found() -> errors.BankError:
     return errors.not_found(errors.ACCOUNT_NOT_FOUND, "no such account")
 
