@@ -37,9 +37,6 @@ PAID_MAX = 256
 # History entries read when an account is loaded: the 24 h horizon plus this
 # many older entries for the payee lookback.
 LOAD_ENTRIES_MAX = 1000
-# Postings looked at, newest first, for the near-threshold count and the
-# dormancy gap (both are about a handful of recent postings).
-SCAN_MAX = 256
 # Accounts of one customer summed for its daily outgoing total.
 CUSTOMER_ACCOUNTS_MAX = 64
 
@@ -96,16 +93,54 @@ class AccountActivity:
         self.older_last_ms = 0
         self.paid: collections.OrderedDict[int, None] = collections.OrderedDict()
         self.truncated = False
+        # Kept up to date per posting for the band and the dormancy period
+        # last asked for (a config change recomputes them once): outgoing
+        # postings in the band within 24 h; the current run of activity.
+        self.band = (0, 0)
+        self.near = 0
+        self.dormancy_ms = 0
+        self.run_started_ms = 0
+        self.idle_before_ms = 0
+
+    def _last_ms(self) -> int:
+        return self.events[-1][0] if self.events else (self.older_last_ms or self.created_at_ms)
 
     def add(self, event: Event) -> None:
+        last_ms = self._last_ms()
+        if self.dormancy_ms and last_ms and event[0] - last_ms >= self.dormancy_ms:
+            self.run_started_ms, self.idle_before_ms = event[0], event[0] - last_ms
         self.events.append(event)
         for window in self.windows:
             window.add(event, +1)
         if event[1] < 0:
             self.remember_payee(event[2])
+            self.near += self._in_band(event)
         if len(self.events) > EVENTS_MAX:
             self.truncated = True
             self._drop_oldest()
+
+    def _in_band(self, event: Event) -> bool:
+        return self.band[0] <= -event[1] < self.band[1]
+
+    def use_band(self, low: int, high: int) -> None:
+        """Count outgoing postings in [low, high) from now on (recounted now if new)."""
+        if (low, high) == self.band:
+            return
+        self.band = (low, high)
+        start = self.windows[-1].start - self.base
+        self.near = sum(1 for i in range(start, len(self.events)) if self._in_band(self.events[i]))
+
+    def use_dormancy(self, dormancy_ms: int) -> None:
+        """Follow runs of activity separated by dormancy_ms (recomputed now if new)."""
+        if dormancy_ms == self.dormancy_ms:
+            return
+        self.dormancy_ms = dormancy_ms
+        self.run_started_ms = self.idle_before_ms = 0
+        previous = self.older_last_ms or self.created_at_ms
+        for at_ms, _, _ in self.events:
+            if dormancy_ms and previous and at_ms - previous >= dormancy_ms:
+                self.run_started_ms, self.idle_before_ms = at_ms, at_ms - previous
+            previous = at_ms
 
     def remember_payee(self, counterparty: int) -> None:
         self.paid[counterparty] = None
@@ -123,6 +158,8 @@ class AccountActivity:
                     break
                 window.add(event, -1)
                 window.start += 1
+                if window is self.windows[-1] and event[1] < 0:
+                    self.near -= self._in_band(event)
         horizon_start = self.windows[-1].start
         while self.base < horizon_start:
             self.older_last_ms = self.events.popleft()[0]
@@ -134,6 +171,8 @@ class AccountActivity:
             if window.start == self.base:
                 window.add(event, -1)
                 window.start += 1
+                if window is self.windows[-1] and event[1] < 0:
+                    self.near -= self._in_band(event)
         self.older_last_ms = max(self.older_last_ms, event[0])
         self.events.popleft()
         self.base += 1
@@ -170,14 +209,13 @@ def summarize(
 ) -> Summary:
     activity.advance(now_ms)
     windows = activity.windows
-    near = 0
-    if near_high > near_low:
-        for index, (_, amount, _) in enumerate(activity.newest_first()):
-            if index >= SCAN_MAX:
-                break
-            if near_low <= -amount < near_high:
-                near += 1
-    idle_ms, run_started_ms = _dormancy(activity, now_ms, dormancy_ms)
+    activity.use_band(near_low, near_high)
+    activity.use_dormancy(dormancy_ms)
+    idle_ms, run_started_ms = activity.idle_before_ms, activity.run_started_ms
+    last_ms = activity._last_ms()
+    if dormancy_ms and last_ms and now_ms - last_ms >= dormancy_ms:
+        idle_ms, run_started_ms = now_ms - last_ms, now_ms  # this transfer starts a new run
+    near = activity.near if near_high > near_low else 0
     return Summary(
         out=(_copy(windows[0].out), _copy(windows[1].out), _copy(windows[2].out)),
         into=(_copy(windows[0].into), _copy(windows[1].into), _copy(windows[2].into)),
@@ -195,25 +233,6 @@ def summarize(
 
 def _copy(totals: Totals) -> Totals:
     return Totals(totals.count, totals.amount)
-
-
-def _dormancy(activity: AccountActivity, now_ms: int, dormancy_ms: int) -> tuple[int, int]:
-    """(idle gap >= dormancy_ms before the current run of activity, the run's
-    start); (0, 0) when the account has no such gap within the postings kept
-    (or SCAN_MAX of them), i.e. it has been active."""
-    if dormancy_ms <= 0:
-        return 0, 0
-    later = now_ms  # the start of the run found so far
-    for index, (at_ms, _, _) in enumerate(activity.newest_first()):
-        if later - at_ms >= dormancy_ms:
-            return later - at_ms, later
-        if index >= SCAN_MAX:
-            return 0, 0
-        later = at_ms
-    before = activity.older_last_ms or activity.created_at_ms
-    if before and later - before >= dormancy_ms:
-        return later - before, later
-    return 0, 0
 
 
 class ActivityIndex:

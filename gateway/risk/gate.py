@@ -109,7 +109,7 @@ def assess_batch(
     return assessments
 
 
-@dataclass
+@dataclass(eq=False)
 class _Item:
     transfer: types_pb2.Transfer
     assessment: Assessment | None = None
@@ -142,11 +142,13 @@ class RiskGate:
         found = await self._source.fetch(queries, config, budget)
         missing = self._source.unavailable
         now_ms = self._clock_ms()
-        checked = [i for i in items if not any(q[0] in missing for q in queries_of(i.transfer))]
+        checked: list[_Item] = []
         for item in items:
-            if item not in checked:
+            if missing and any(q[0] in missing for q in queries_of(item.transfer)):
                 error = unavailable(errors.SHARD_UNAVAILABLE, "risk check: a shard did not answer")
                 item.outcome = convert.unsettled_transfer(item.transfer, error, cross_shard=False)
+            else:
+                checked.append(item)
         for item, assessment in zip(
             checked, assess_batch([i.transfer for i in checked], found, config, now_ms), strict=True
         ):
@@ -159,8 +161,11 @@ class RiskGate:
         return [i.outcome for i in items if i.outcome is not None]
 
     async def _route(self, checked: list[_Item], budget: Budget, send: Send) -> None:
-        held = [i for i in checked if i.assessment is not None and i.assessment.decision == engine.REVIEW]
-        routed = [i for i in checked if i not in held]
+        held: list[_Item] = []
+        routed: list[_Item] = []
+        for item in checked:
+            review = item.assessment is not None and item.assessment.decision == engine.REVIEW
+            (held if review else routed).append(item)
         if routed:
             for item, outcome in zip(routed, await send([i.transfer for i in routed]), strict=True):
                 item.outcome = outcome

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -20,7 +19,7 @@ from clients.local_cluster import LocalCluster
 from gateway.risk.alerts import read_alerts
 from shardbank.v1 import types_pb2
 from tests.factories import mobile, resident_id
-from tests.integration.helpers import balance, open_on_shard
+from tests.integration.helpers import balance, cluster_with_rules, open_on_shard
 from tests.integration.http_support import Api
 
 pytestmark = pytest.mark.integration
@@ -71,15 +70,7 @@ FUNDS = 10_000_000
 
 @pytest.fixture(scope="module")
 def risky(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    data_dir: Path = tmp_path_factory.mktemp("risk")
-    rules = data_dir / "risk.toml"
-    rules.write_text(TEST_RULES)
-    local = LocalCluster(data_dir, shards=2, coordinators=1, risk_config=str(rules))
-    try:
-        local.start()
-        yield local
-    finally:
-        local.stop()
+    yield from cluster_with_rules(tmp_path_factory.mktemp("risk"), TEST_RULES)
 
 
 @pytest.fixture(scope="module")

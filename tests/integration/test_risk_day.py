@@ -25,6 +25,7 @@ from loadtest import synthetic_day
 from loadtest.risk_eval import score
 from shardbank.v1 import types_pb2
 from tests.factories import mobile, resident_id
+from tests.integration.helpers import cluster_with_rules
 
 pytestmark = pytest.mark.integration
 
@@ -47,15 +48,7 @@ def compressed_rules() -> str:
 
 @pytest.fixture(scope="module")
 def day_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    data_dir: Path = tmp_path_factory.mktemp("risk-day")
-    rules = data_dir / "risk.toml"
-    rules.write_text(compressed_rules())
-    local = LocalCluster(data_dir, shards=2, coordinators=1, risk_config=str(rules))
-    try:
-        local.start()
-        yield local
-    finally:
-        local.stop()
+    yield from cluster_with_rules(tmp_path_factory.mktemp("risk-day"), compressed_rules())
 
 
 def test_a_seeded_day_through_the_gateway(day_cluster: LocalCluster) -> None:
