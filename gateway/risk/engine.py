@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.risk.config import SEVERITIES, RiskConfig
+from gateway.risk.config import SEVERITIES, RiskConfig, Rule
 from gateway.risk.features import Features
-from gateway.risk.rules import KINDS
+from gateway.risk.rules import KINDS, Kind
 from shardbank.v1 import types_pb2
 
 ALLOW = types_pb2.RISK_DECISION_ALLOW
@@ -51,13 +51,25 @@ class Assessment:
         )
 
 
+_COMPILED: dict[int, tuple[RiskConfig, tuple[tuple[Rule, Kind], ...]]] = {}
+
+
+def _compiled(config: RiskConfig) -> tuple[tuple[Rule, Kind], ...]:
+    """Each rule with its kind, looked up once per configuration (hot path)."""
+    found = _COMPILED.get(id(config))
+    if found is None or found[0] is not config:
+        _COMPILED.clear()  # one configuration in force at a time (plus a reload)
+        found = (config, tuple((rule, KINDS[rule.kind]) for rule in config.rules))
+        _COMPILED[id(config)] = found
+    return found[1]
+
+
 def assess(features: Features, config: RiskConfig) -> Assessment:
-    transfer = features.transfer
-    same_currency = transfer.currency == config.currency
+    same_currency = features.transfer.currency == config.currency
     fired = [
         rule
-        for rule in config.rules
-        if (same_currency or not KINDS[rule.kind].amounts) and KINDS[rule.kind].check(features, rule, config)
+        for rule, kind in _compiled(config)
+        if (same_currency or not kind.amounts) and kind.check(features, rule, config)
     ]
     score = sum(rule.weight for rule in fired if not rule.alert_only)
     if score >= config.block_score:

@@ -5,7 +5,7 @@ same batch assessed before it (so a burst inside one call counts too).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from shardbank.v1 import ledger_pb2, types_pb2
 
@@ -19,9 +19,11 @@ class Window:
         return Window(self.count + 1, self.amount + amount)
 
 
-@dataclass(frozen=True)
+@dataclass
 class AccountActivity:
-    """One account's activity before the transfer being assessed; amounts in minor units."""
+    """One account's activity before the transfer being assessed; amounts in
+    minor units. Built fresh per batch from the shards' answer and updated in
+    place as the batch's items are let through (`paid_out`, `paid_in`)."""
 
     account_id: int
     account_type: int = types_pb2.ACCOUNT_TYPE_PERSONAL
@@ -51,33 +53,28 @@ class AccountActivity:
     def window_out(self, name: str) -> Window:
         return {"1m": self.out_1m, "1h": self.out_1h, "24h": self.out_24h}[name]
 
-    def paid_out(self, amount: int, payee: int, in_band: bool) -> AccountActivity:
-        """The same account after an earlier item of the batch paid `amount` out."""
+    def paid_out(self, amount: int, payee: int, in_band: bool) -> None:
+        """An earlier item of the batch paid `amount` out of this account."""
         new_payee = payee not in self.payees_1h and payee not in self.known_payees
-        return replace(
-            self,
-            out_1m=self.out_1m.plus(amount),
-            out_1h=self.out_1h.plus(amount),
-            out_24h=self.out_24h.plus(amount),
-            customer_out_24h=self.customer_out_24h.plus(amount),
-            payees_1h=self.payees_1h | {payee},
-            distinct_out_1h=self.distinct_out_1h + new_payee,
-            distinct_out_24h=self.distinct_out_24h + new_payee,
-            near_threshold_out_24h=self.near_threshold_out_24h + in_band,
-            known_payees=self.known_payees | {payee},
-        )
+        self.out_1m = self.out_1m.plus(amount)
+        self.out_1h = self.out_1h.plus(amount)
+        self.out_24h = self.out_24h.plus(amount)
+        self.customer_out_24h = self.customer_out_24h.plus(amount)
+        self.payees_1h = self.payees_1h | {payee}
+        self.distinct_out_1h += new_payee
+        self.distinct_out_24h += new_payee
+        self.near_threshold_out_24h += in_band
+        self.known_payees = self.known_payees | {payee}
 
-    def paid_in(self, amount: int, payer: int) -> AccountActivity:
+    def paid_in(self, amount: int, payer: int) -> None:
+        """An earlier item of the batch paid `amount` into this account."""
         new_payer = payer not in self.payers_1h
-        return replace(
-            self,
-            in_1m=self.in_1m.plus(amount),
-            in_1h=self.in_1h.plus(amount),
-            in_24h=self.in_24h.plus(amount),
-            payers_1h=self.payers_1h | {payer},
-            distinct_in_1h=self.distinct_in_1h + new_payer,
-            distinct_in_24h=self.distinct_in_24h + new_payer,
-        )
+        self.in_1m = self.in_1m.plus(amount)
+        self.in_1h = self.in_1h.plus(amount)
+        self.in_24h = self.in_24h.plus(amount)
+        self.payers_1h = self.payers_1h | {payer}
+        self.distinct_in_1h += new_payer
+        self.distinct_in_24h += new_payer
 
 
 @dataclass(frozen=True)

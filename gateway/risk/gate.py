@@ -86,13 +86,10 @@ class BatchView:
         low, high = self._band
         debit = self._accounts.get(transfer.debit_account_id)
         if debit is not None:
-            in_band = low <= transfer.amount < high
-            self._accounts[debit.account_id] = debit.paid_out(
-                transfer.amount, transfer.credit_account_id, in_band
-            )
+            debit.paid_out(transfer.amount, transfer.credit_account_id, low <= transfer.amount < high)
         credit = self._accounts.get(transfer.credit_account_id)
         if credit is not None:
-            self._accounts[credit.account_id] = credit.paid_in(transfer.amount, transfer.debit_account_id)
+            credit.paid_in(transfer.amount, transfer.debit_account_id)
 
 
 def assess_batch(
