@@ -64,7 +64,10 @@ def alert_record(
         "status": "OPEN",
         "actor": "",
         "note": "",
-        "review_state": "",
+        # A transfer the review workflow holds (PENDING) waits for a decision.
+        "review_state": "PENDING"
+        if assessment.decision_name == "REVIEW" and transfer.status == types_pb2.TRANSFER_STATUS_PENDING
+        else "",
         "review_deadline_unix_ms": transfer.review_deadline_unix_ms,
     }
 
