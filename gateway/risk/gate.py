@@ -136,8 +136,8 @@ class RiskGate:
         config = self.holder.current
         items = [_Item(t) for t in transfers]
         queries = [q for t in transfers for q in queries_of(t)]
-        found = await self._source.fetch(queries, config, budget)
-        missing = self._source.unavailable
+        fetched = await self._source.fetch(queries, config, budget)
+        found, missing = fetched.found, fetched.unavailable
         now_ms = self._clock_ms()
         checked: list[_Item] = []
         for item in items:

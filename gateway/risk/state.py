@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import grpc
@@ -38,14 +38,19 @@ class Found:
     counterparty_known: bool
 
 
-class ActivitySource(Protocol):
-    async def fetch(self, queries: Iterable[Query], config: RiskConfig, budget: Budget) -> dict[Query, Found]:
-        """What is known of each queried account; a missing key: not known
-        (no such account, or its shard did not answer: see `unavailable`)."""
+@dataclass
+class Fetched:
+    """The answer to one fetch (its own: concurrent requests share the source)."""
 
-    @property
-    def unavailable(self) -> set[int]:
-        """Accounts whose shard did not answer in the last fetch."""
+    # What is known of each queried account; a missing key: no such account,
+    # or in `unavailable`.
+    found: dict[Query, Found] = field(default_factory=dict)
+    # Accounts whose shard did not answer (their transfers cannot be checked).
+    unavailable: set[int] = field(default_factory=set)
+
+
+class ActivitySource(Protocol):
+    async def fetch(self, queries: Iterable[Query], config: RiskConfig, budget: Budget) -> Fetched: ...
 
 
 def request_for(queries: list[Query], config: RiskConfig) -> ledger_pb2.GetActivityRequest:
@@ -64,34 +69,28 @@ class ShardActivity:
 
     def __init__(self, cluster: Cluster) -> None:
         self._cluster = cluster
-        self._unavailable: set[int] = set()
 
-    @property
-    def unavailable(self) -> set[int]:
-        return self._unavailable
-
-    async def fetch(self, queries: Iterable[Query], config: RiskConfig, budget: Budget) -> dict[Query, Found]:
-        found: dict[Query, Found] = {}
+    async def fetch(self, queries: Iterable[Query], config: RiskConfig, budget: Budget) -> Fetched:
+        fetched = Fetched()
         pending = sorted(set(queries))
-        self._unavailable = set()
         for attempt in range(2):
-            moved = await self._round(pending, config, budget, found)
+            moved = await self._round(pending, config, budget, fetched)
             if not moved or attempt == 1:
-                self._unavailable |= {account for account, _ in moved}
+                fetched.unavailable |= {account for account, _ in moved}
                 break
             await self._cluster.refresh_map()
             pending = moved
-        return found
+        return fetched
 
     async def _round(
-        self, queries: list[Query], config: RiskConfig, budget: Budget, found: dict[Query, Found]
+        self, queries: list[Query], config: RiskConfig, budget: Budget, fetched: Fetched
     ) -> list[Query]:
         by_shard: dict[str, list[Query]] = defaultdict(list)
         for query in queries:
             try:
                 by_shard[self._cluster.owner(query[0])].append(query)
             except errors.BankError:
-                self._unavailable.add(query[0])
+                fetched.unavailable.add(query[0])
         shard_ids = list(by_shard)
         replies = await asyncio.gather(
             *(self._ask(s, by_shard[s], config, budget) for s in shard_ids), return_exceptions=False
@@ -99,12 +98,12 @@ class ShardActivity:
         moved: list[Query] = []
         for shard_id, reply in zip(shard_ids, replies, strict=True):
             asked = by_shard[shard_id]
-            if reply is None:
-                self._unavailable |= {account for account, _ in asked}
+            if reply is None or len(reply.summaries) != len(asked):
+                fetched.unavailable |= {account for account, _ in asked}
                 continue
-            for query, summary in zip(asked, reply.summaries, strict=False):
+            for query, summary in zip(asked, reply.summaries, strict=True):
                 if summary.code == 0:
-                    found[query] = Found(from_summary(summary), summary.counterparty_known)
+                    fetched.found[query] = Found(from_summary(summary), summary.counterparty_known)
                 elif summary.reason == errors.SLOT_MOVED:
                     moved.append(query)
         return moved
@@ -136,10 +135,6 @@ class MemoryActivity:
         self.index = activity.ActivityIndex(self._load, self._created_at)
         self.now_ms = 0
 
-    @property
-    def unavailable(self) -> set[int]:
-        return set()
-
     def open(self, account_id: int, account_type: int, customer_id: str, created_at_ms: int) -> None:
         self._accounts[account_id] = (account_type, customer_id, created_at_ms)
 
@@ -157,8 +152,8 @@ class MemoryActivity:
     def _created_at(self, account_id: int) -> int:
         return self._accounts.get(account_id, (0, "", 0))[2]
 
-    async def fetch(self, queries: Iterable[Query], config: RiskConfig, budget: Budget) -> dict[Query, Found]:
-        return self.fetch_now(queries, config)
+    async def fetch(self, queries: Iterable[Query], config: RiskConfig, budget: Budget) -> Fetched:
+        return Fetched(self.fetch_now(queries, config))
 
     def fetch_now(self, queries: Iterable[Query], config: RiskConfig) -> dict[Query, Found]:
         low, high = config.near_band()

@@ -14,7 +14,7 @@ from gateway.dispatch import Budget
 from gateway.risk import config, engine
 from gateway.risk.gate import RiskGate, assess_batch
 from gateway.risk.review import RefuseReview
-from gateway.risk.state import MemoryActivity
+from gateway.risk.state import Fetched, MemoryActivity
 from shardbank.v1 import types_pb2
 
 RULES = """
@@ -132,9 +132,8 @@ def test_a_resend_of_a_recorded_id_raises_no_second_alert() -> None:
 
 def test_an_unanswered_shard_leaves_its_items_unsettled() -> None:
     class Down(MemoryActivity):
-        @property
-        def unavailable(self) -> set[int]:
-            return {ALICE}
+        async def fetch(self, queries: Any, config: Any, budget: Any) -> Fetched:
+            return Fetched({}, {ALICE})
 
     sent: list[types_pb2.Transfer] = []
 
