@@ -23,7 +23,7 @@ from gateway.risk.config import RiskConfig
 from gateway.risk.features import AccountActivity, from_summary
 from gateway.routing import shard
 from gateway.upstream import Cluster, downstream_error
-from shardbank import activity, errors
+from shardbank import activity, errors, limits
 from shardbank.v1 import ledger_pb2, types_pb2
 
 log = structlog.get_logger("gateway.risk")
@@ -63,12 +63,25 @@ def request_for(queries: list[Query], config: RiskConfig) -> ledger_pb2.GetActiv
     )
 
 
+@dataclass(eq=False)
+class _Waiting:
+    queries: list[Query]
+    future: asyncio.Future[list[ledger_pb2.ActivitySummary] | None]
+
+
 class ShardActivity:
     """GetActivity on the shards owning the accounts, concurrently; a query
-    that meets SLOT_MOVED is asked again once after a slot map refresh."""
+    that meets SLOT_MOVED is asked again once after a slot map refresh.
+
+    Concurrent requests coalesce: the queries for one shard of every request
+    that reaches this point in the same event-loop turn ride one GetActivity
+    (as clients coalesce transfers), so single-transfer calls do not each pay
+    a round trip of their own."""
 
     def __init__(self, cluster: Cluster) -> None:
         self._cluster = cluster
+        self._waiting: dict[str, list[_Waiting]] = {}
+        self._flushes: set[asyncio.Task[None]] = set()
 
     async def fetch(self, queries: Iterable[Query], config: RiskConfig, budget: Budget) -> Fetched:
         fetched = Fetched()
@@ -98,10 +111,10 @@ class ShardActivity:
         moved: list[Query] = []
         for shard_id, reply in zip(shard_ids, replies, strict=True):
             asked = by_shard[shard_id]
-            if reply is None or len(reply.summaries) != len(asked):
+            if reply is None or len(reply) != len(asked):
                 fetched.unavailable |= {account for account, _ in asked}
                 continue
-            for query, summary in zip(asked, reply.summaries, strict=True):
+            for query, summary in zip(asked, reply, strict=True):
                 if summary.code == 0:
                     fetched.found[query] = Found(from_summary(summary), summary.counterparty_known)
                 elif summary.reason == errors.SLOT_MOVED:
@@ -110,11 +123,51 @@ class ShardActivity:
 
     async def _ask(
         self, shard_id: str, queries: list[Query], config: RiskConfig, budget: Budget
+    ) -> list[ledger_pb2.ActivitySummary] | None:
+        """The summaries of `queries` in order, or None if the shard did not answer."""
+        loop = asyncio.get_running_loop()
+        waiting = _Waiting(queries, loop.create_future())
+        queue = self._waiting.get(shard_id)
+        if queue is None:
+            self._waiting[shard_id] = queue = []
+            loop.call_soon(self._start_flush, shard_id, config, budget.call_timeout_s())
+        queue.append(waiting)
+        return await waiting.future
+
+    def _start_flush(self, shard_id: str, config: RiskConfig, timeout_s: float) -> None:
+        task = asyncio.ensure_future(self._flush(shard_id, config, timeout_s))
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
+
+    async def _flush(self, shard_id: str, config: RiskConfig, timeout_s: float) -> None:
+        batch = self._waiting.pop(shard_id, [])
+        answers: dict[Query, ledger_pb2.ActivitySummary] = {}
+        try:
+            unique = list(dict.fromkeys(q for waiting in batch for q in waiting.queries))
+            size = limits.BATCH_ITEMS_MAX
+            chunks = [unique[i : i + size] for i in range(0, len(unique), size)]
+            replies = await asyncio.gather(
+                *(self._call(shard_id, chunk, config, timeout_s) for chunk in chunks)
+            )
+            for chunk, reply in zip(chunks, replies, strict=True):
+                if reply is not None and len(reply.summaries) == len(chunk):
+                    answers.update(zip(chunk, reply.summaries, strict=True))
+        finally:  # every waiting caller gets an answer, whatever happened
+            for waiting in batch:
+                if waiting.future.done():  # its caller gave up
+                    continue
+                if all(q in answers for q in waiting.queries):
+                    waiting.future.set_result([answers[q] for q in waiting.queries])
+                else:
+                    waiting.future.set_result(None)
+
+    async def _call(
+        self, shard_id: str, queries: list[Query], config: RiskConfig, timeout_s: float
     ) -> ledger_pb2.GetActivityResponse | None:
         try:
             node = self._cluster.node(shard_id)
             reply: ledger_pb2.GetActivityResponse = await node.GetActivity(
-                request_for(queries, config), timeout=budget.call_timeout_s()
+                request_for(queries, config), timeout=timeout_s
             )
             return reply
         except grpc.RpcError as exc:

@@ -14,8 +14,9 @@ from gateway.dispatch import Budget
 from gateway.risk import config, engine
 from gateway.risk.gate import RiskGate, assess_batch
 from gateway.risk.review import RefuseReview
-from gateway.risk.state import Fetched, MemoryActivity
-from shardbank.v1 import types_pb2
+from gateway.risk.state import Fetched, MemoryActivity, ShardActivity
+from shardbank.errors import BankError
+from shardbank.v1 import ledger_pb2, types_pb2
 
 RULES = """
 [bands]
@@ -145,3 +146,77 @@ def test_an_unanswered_shard_leaves_its_items_unsettled() -> None:
     (outcome,) = asyncio.run(gate.run([move(100)], Budget(5.0), record))
     assert outcome.code == grpc.StatusCode.UNAVAILABLE.value[0] and outcome.reason == "SHARD_UNAVAILABLE"
     assert sent == []
+
+
+class FakeNode:
+    def __init__(self, shard_id: str, cluster: FakeCluster) -> None:
+        self._shard_id = shard_id
+        self._cluster = cluster
+
+    async def GetActivity(self, request: Any, timeout: float) -> Any:
+        self._cluster.calls.append((self._shard_id, [q.account_id for q in request.queries]))
+        if self._shard_id in self._cluster.down:
+            raise BankError(grpc.StatusCode.UNAVAILABLE, "SHARD_UNAVAILABLE", "down")
+        summaries = []
+        for query in request.queries:
+            moved = self._cluster.moved_once.pop(query.account_id, False)
+            summaries.append(
+                ledger_pb2.ActivitySummary(account_id=query.account_id, code=10, reason="SLOT_MOVED")
+                if moved
+                else ledger_pb2.ActivitySummary(account_id=query.account_id, customer_id=self._shard_id)
+            )
+        if self._shard_id in self._cluster.short:
+            summaries = summaries[:-1]
+        return ledger_pb2.GetActivityResponse(summaries=summaries)
+
+
+class FakeCluster:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[int]]] = []
+        self.down: set[str] = set()
+        self.short: set[str] = set()
+        self.moved_once: dict[int, bool] = {}
+        self.refreshed = 0
+
+    def owner(self, account_id: int) -> str:
+        return f"shard-{account_id % 2 + 1}"
+
+    def node(self, shard_id: str) -> FakeNode:
+        return FakeNode(shard_id, self)
+
+    async def refresh_map(self) -> None:
+        self.refreshed += 1
+
+
+def test_shard_activity_asks_each_shard_once_and_reports_what_it_could_not_learn() -> None:
+    cluster = FakeCluster()
+    source = ShardActivity(cluster)  # type: ignore[arg-type]
+    queries = [(10, 11), (11, 0), (12, 0), (13, 0)]
+    cluster.moved_once[12] = True
+    fetched = asyncio.run(source.fetch(queries, Holder.current, Budget(5.0)))
+    assert sorted(s for s, _ in cluster.calls) == [
+        "shard-1",
+        "shard-1",
+        "shard-2",
+    ]  # shard-1 again after SLOT_MOVED
+    assert cluster.refreshed == 1
+    assert set(fetched.found) == set(queries) and fetched.unavailable == set()
+    assert fetched.found[(11, 0)].account.customer_id == "shard-2"
+    cluster.down, cluster.short = {"shard-2"}, {"shard-1"}
+    fetched = asyncio.run(source.fetch(queries, Holder.current, Budget(5.0)))
+    assert fetched.found == {} and fetched.unavailable == {10, 11, 12, 13}
+
+
+def test_concurrent_requests_share_one_call_per_shard() -> None:
+    cluster = FakeCluster()
+    source = ShardActivity(cluster)  # type: ignore[arg-type]
+
+    async def both() -> list[Fetched]:
+        return await asyncio.gather(
+            source.fetch([(10, 11), (11, 0)], Holder.current, Budget(5.0)),
+            source.fetch([(12, 0), (11, 0)], Holder.current, Budget(5.0)),
+        )
+
+    first, second = asyncio.run(both())
+    assert sorted(cluster.calls) == [("shard-1", [10, 12]), ("shard-2", [11])]
+    assert set(first.found) == {(10, 11), (11, 0)} and set(second.found) == {(12, 0), (11, 0)}
