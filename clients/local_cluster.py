@@ -63,6 +63,8 @@ CLUSTER_RUNNING = "CLUSTER_RUNNING"
 UNKNOWN_COMPONENT = "UNKNOWN_COMPONENT"
 COMPONENT_RUNNING = "COMPONENT_RUNNING"
 
+# The repository's risk rules, passed to the gateway unless a cluster names its own.
+RISK_CONFIG_DEFAULT = str(Path(__file__).resolve().parents[1] / "config" / "risk.toml")
 # Ports of `shardbank up` relative to base_port (the gateway's): nodes +10.., coordinators +20..
 NODE_PORT_OFFSET = 10
 COORDINATOR_PORT_OFFSET = 20
@@ -128,11 +130,14 @@ class LocalCluster:
         authenticate_services: bool = True,
         metrics: bool = True,
         gateway_args: Sequence[str] = (),
+        risk_config: str | None = None,
     ) -> None:
         """`base_port=None`: every port not given is a free one (tests). With a
         base port: gateway base, nodes base+10+i, coordinators base+20+i, and
         their /metrics at base+30 (gateway), base+40+i, base+50+i (`metrics=False`: none).
-        `shards=0`, `coordinators=0`, `gateway=False` leave those out (etcd alone)."""
+        `shards=0`, `coordinators=0`, `gateway=False` leave those out (etcd alone).
+        `risk_config`: the gateway's risk rules file (None: the repository's
+        config/risk.toml; "": risk check off)."""
         if shards < 0 or coordinators < 0:
             raise ValueError("shards and coordinators must be >= 0")
         if base_port is not None and shards > COORDINATOR_PORT_OFFSET - NODE_PORT_OFFSET:
@@ -148,6 +153,7 @@ class LocalCluster:
         self.authenticate_services = authenticate_services
         # Extra flags for the gateway (e.g. --review-test-rule in tests).
         self.gateway_args = tuple(gateway_args)
+        self.risk_config = risk_config
         self.secret_file = self.data_dir / service_auth.SECRET_FILE_NAME
         self.metrics = metrics
         spare = iter(processes.free_ports(4 + 2 * (shards + coordinators + 1)))
@@ -205,6 +211,10 @@ class LocalCluster:
         argv += ["--cluster-secret-file", str(self.secret_file) if self.authenticate_services else ""]
         if kind == GATEWAY:
             argv += ["--http-listen", self.http_address, *self.gateway_args]
+            if self.risk_config == "":
+                argv += ["--risk", "off"]
+            else:
+                argv += ["--risk-config", self.risk_config or RISK_CONFIG_DEFAULT]
         metrics_address = f"127.0.0.1:{metrics_port}" if metrics_port else ""
         if metrics_port:
             argv += ["--metrics-port", str(metrics_port)]

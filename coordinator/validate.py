@@ -26,4 +26,9 @@ def check_transfer(transfer: types_pb2.Transfer) -> types_pb2.Transfer:
         raise errors.invalid(errors.INVALID_TRANSFER_KIND, "the coordinator takes TRANSFER or PAYMENT only")
     clean = transfer_checks.check_transfer(transfer)
     clean.cross_shard = True
+    # The gateway's risk decision travels with the transfer to the record
+    # holder, which stores it (calls here carry a service token).
+    if transfer.HasField("risk"):
+        clean.risk.CopyFrom(transfer.risk)
+    clean.review_deadline_unix_ms = transfer.review_deadline_unix_ms
     return clean

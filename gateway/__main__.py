@@ -7,6 +7,7 @@ import asyncio
 
 from gateway.review.desk import REVIEW_DEADLINE_MS_DEFAULT, ReviewConfig
 from gateway.review.testhook import parse_rule
+from gateway.risk.config import DEFAULT_PATH as DEFAULT_RISK_CONFIG
 from gateway.server import GatewayConfig, serve
 from shardbank import logs, metrics, service_auth
 
@@ -38,6 +39,14 @@ def parse_args(argv: list[str] | None = None) -> GatewayConfig:
         help="TEST HOOK, staff only, default off: 'amount>=N' holds every transfer/payment of at "
         "least N minor units for review (without the risk engine)",
     )
+    parser.add_argument(
+        "--risk-config",
+        default=DEFAULT_RISK_CONFIG,
+        help="risk rules, TOML (reloaded on change and on SIGHUP); default: the repo's config/risk.toml",
+    )
+    parser.add_argument(
+        "--risk", choices=("on", "off"), default="on", help="off: no risk check (benchmarks of the bare path)"
+    )
     service_auth.add_secret_argument(parser)
     metrics.add_port_argument(parser)
     args = parser.parse_args(argv)
@@ -60,6 +69,7 @@ def parse_args(argv: list[str] | None = None) -> GatewayConfig:
         metrics_port=args.metrics_port,
         review=review,
         review_test_rule=test_rule,
+        risk_config=args.risk_config if args.risk == "on" else "",
     )
 
 

@@ -34,16 +34,17 @@ def public_account(account: types_pb2.Account, reveal_identity: bool | None = No
 
 
 def public_transfer(transfer: types_pb2.Transfer) -> types_pb2.Transfer:
-    """The transfer as the caller may see it: the risk assessment (score,
-    rules, alert) only for the roles that work with risk
-    (`permissions.RISK_VISIBLE_ROLES`); a customer sees a held transfer as
-    PENDING / UNDER_REVIEW and nothing that would tip it off about the rules."""
+    """The transfer as the caller may see it: the risk assessment's details
+    (score, rules, alert) only for the roles that work with risk
+    (`permissions.RISK_VISIBLE_ROLES`); anyone else sees the decision alone,
+    so an alert-only AML rule never tips a customer off, and a held transfer
+    reads PENDING / UNDER_REVIEW."""
     caller = principal.current()
     if caller is None or permissions.sees_risk(caller.role) or not transfer.HasField("risk"):
         return transfer
     shown = types_pb2.Transfer()
     shown.CopyFrom(transfer)
-    shown.ClearField("risk")
+    shown.risk.CopyFrom(types_pb2.RiskAssessment(decision=transfer.risk.decision))
     return shown
 
 

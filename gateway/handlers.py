@@ -20,6 +20,7 @@ from gateway.dispatch import Budget
 from gateway.review import testhook
 from gateway.review.desk import ReviewDesk
 from gateway.review.testhook import ReviewTestRule
+from gateway.risk.gate import RiskGate
 from gateway.upstream import Cluster, downstream_error, unavailable
 from shardbank import errors, ids, metrics, slots
 from shardbank.v1 import bank_pb2, ledger_pb2, ledger_pb2_grpc, types_pb2
@@ -78,12 +79,15 @@ class BankHandlers:
         auth: guard.Auth | None = None,
         desk: ReviewDesk | None = None,
         review_test_rule: ReviewTestRule | None = None,
+        risk: RiskGate | None = None,
     ) -> None:
+        """`risk=None`: no risk check (`--risk off`, benchmarks of the bare path)."""
         self._cluster = cluster
         self._default_actor = f"gateway:{gateway_id}"
         self._auth = auth
         self._desk = desk
         self._review_test_rule = review_test_rule
+        self._risk = risk
 
     def _caller(self) -> Principal | None:
         return None if self._auth is None else self._auth.caller()
@@ -272,11 +276,18 @@ class BankHandlers:
         caller = self._caller()
         guard.check_transfer_kinds(caller, request.transfers)
         results, indices, clean = split_valid(
-            request.transfers, validation.check_transfer, convert.rejected_transfer
+            request.transfers, validation.check_submitted_transfer, convert.rejected_transfer
         )
         if guard.is_customer(caller):
             indices, clean = await self._customer_debits(caller, results, indices, clean, budget)
-        routed = await self._route_transfers(caller, clean, budget)
+
+        async def send(items: list[types_pb2.Transfer]) -> list[types_pb2.Transfer]:
+            return await self._route_transfers(caller, items, budget)
+
+        if self._risk is not None and clean:
+            routed = await self._risk.run(clean, budget, send)
+        else:
+            routed = await send(clean)
         outcomes = [convert.public_transfer(o) for o in merge(results, indices, routed)]
         await self._audit_money(caller, outcomes)
         self._log_transfers(outcomes)

@@ -26,6 +26,9 @@ class TransferPlan:
         self._cluster = cluster
 
     def target(self, item: types_pb2.Transfer) -> Target:
+        if item.risk.decision == types_pb2.RISK_DECISION_BLOCK:
+            # Recorded as refused by its record holder alone: no 2PC for a refusal.
+            return routing.shard(routing.record_holder(item, self._cluster.owner))
         return routing.transfer_target(item, self._cluster.owner)
 
     async def send(

@@ -32,6 +32,11 @@ from gateway.review.desk import ReviewConfig, ReviewDesk
 from gateway.review.service import RiskHandlers, RiskServicer
 from gateway.review.store import AlertStore
 from gateway.review.testhook import ReviewTestRule
+from gateway.risk.alerts import EtcdAlerts
+from gateway.risk.gate import RiskGate
+from gateway.risk.reload import ConfigHolder
+from gateway.risk.review import DeskReview
+from gateway.risk.state import ShardActivity
 from gateway.upstream import Cluster
 from shardbank import limits, meta, metrics, service_auth
 from shardbank.v1 import bank_pb2, bank_pb2_grpc, risk_pb2, risk_pb2_grpc
@@ -67,6 +72,8 @@ class GatewayConfig:
     # Test/staff hook: hold transfers at or above an amount for review
     # without the risk engine (gateway.review.testhook); None: off.
     review_test_rule: ReviewTestRule | None = None
+    # The risk rules (gateway/risk, TOML); empty: no risk check.
+    risk_config: str = ""
 
 
 class Gateway:
@@ -94,10 +101,14 @@ class Gateway:
         self._http: Any = None
         self.http_port = 0
         self.metrics_address = ""
+        self.risk: RiskGate | None = None
+        self._alerts: EtcdAlerts | None = None
 
     async def start(self) -> None:
         await self._set_health(self._cluster.has_slot_map())
         await self._server.start()
+        if self.risk is not None:
+            self.risk.holder.start()
         self._health_task = asyncio.create_task(self._follow_health())
         value = {"gateway_id": self.config.gateway_id, "address": self.address, "pid": os.getpid()}
         self.metrics_address = metrics.start_for(self.config.listen, self.config.metrics_port)
@@ -127,6 +138,10 @@ class Gateway:
         if self._http is not None:
             await self._http.cleanup()
         await self._server.stop(grace_s)
+        if self.risk is not None:
+            await self.risk.holder.stop()
+        if self._alerts is not None:
+            self._alerts.close()
         await self._auth.keys.close()
         self._auth.audit.close()
         self.desk.store.close()
@@ -167,7 +182,14 @@ async def create_gateway(config: GatewayConfig) -> Gateway:
         interceptors=[AuthInterceptor(auth.keys)],
     )
     desk = ReviewDesk(cluster, AlertStore(config.etcd_endpoint), config.review, auth.audit)
-    handlers = BankHandlers(cluster, config.gateway_id, auth, desk, config.review_test_rule)
+    risk, alert_sink = None, None
+    if config.risk_config:
+        alert_sink = EtcdAlerts(config.etcd_endpoint)
+        holder = ConfigHolder(config.risk_config)
+        risk = RiskGate(holder, ShardActivity(cluster), alert_sink, DeskReview(desk))
+    else:
+        log.warning("risk_check_off", gateway_id=config.gateway_id)
+    handlers = BankHandlers(cluster, config.gateway_id, auth, desk, config.review_test_rule, risk)
     servicer = AuthBankServicer(handlers, AdminHandlers(config.etcd_endpoint, auth))
     bank_pb2_grpc.add_BankServicer_to_server(servicer, server)
     risk_pb2_grpc.add_RiskServicer_to_server(RiskServicer(RiskHandlers(desk, auth)), server)
@@ -182,7 +204,9 @@ async def create_gateway(config: GatewayConfig) -> Gateway:
         raise OSError(f"cannot listen on {config.listen}")
     if config.review_test_rule is not None:
         log.warning("review_test_rule_on", amount_min=config.review_test_rule.amount_min)
-    return Gateway(config, server, port, cluster, auth, desk)
+    gateway = Gateway(config, server, port, cluster, auth, desk)
+    gateway.risk, gateway._alerts = risk, alert_sink
+    return gateway
 
 
 async def serve(config: GatewayConfig) -> None:

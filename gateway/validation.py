@@ -93,6 +93,16 @@ def check_transfer_id_lookup(text: str) -> str:
 # Items.
 
 
+def check_submitted_transfer(transfer: types_pb2.Transfer) -> types_pb2.Transfer:
+    """A client's transfer: `check_transfer`, and no field only the gateway
+    sets (the risk decision, a review deadline) may come from the client."""
+    if transfer.HasField("risk") or transfer.review_deadline_unix_ms:
+        raise errors.invalid(
+            errors.INVALID_ARGUMENT, "risk and review_deadline_unix_ms are set by the bank, not by clients"
+        )
+    return check_transfer(transfer)
+
+
 def check_open(item: bank_pb2.OpenAccountRequest) -> types_pb2.Account:
     """The account to create (id 0: routing picks it), or raises BankError."""
     money.currency(item.currency)

@@ -87,5 +87,9 @@ def transfer_id_of(key: bytes) -> str:
 
 
 def prefix_end(prefix: bytes) -> bytes:
-    """The first key after every key that starts with `prefix`."""
-    return prefix[:-1] + bytes([prefix[-1] + 1])
+    """The first key after every key that starts with `prefix`. Trailing 0xff
+    bytes carry (an account id whose low byte is 0xff is 1 in 256)."""
+    trimmed = prefix.rstrip(b"\xff")
+    if not trimmed:
+        raise ValueError("no key follows a prefix of only 0xff bytes")
+    return trimmed[:-1] + bytes([trimmed[-1] + 1])

@@ -26,6 +26,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from ledger_node import journal, keys
+from ledger_node.risk_activity import RiskActivity, history_events
 from ledger_node.state import InvariantViolation, Ledger
 from ledger_node.store import Store
 from ledger_node.writer import Writer, wall_clock_ms
@@ -159,6 +160,7 @@ class LedgerNodeServicer(ledger_pb2_grpc.LedgerNodeServicer):
         writer: Writer,
         ownership: Ownership,
         on_fatal: Callable[[BaseException], Awaitable[None]],
+        risk: RiskActivity | None = None,
     ) -> None:
         self.shard_id = shard_id
         self.address = ""
@@ -168,6 +170,10 @@ class LedgerNodeServicer(ledger_pb2_grpc.LedgerNodeServicer):
         self._writer = writer
         self._ownership = ownership
         self.on_fatal = on_fatal
+        # Without the node's own index (tests): read from disk every time.
+        self._risk = risk or RiskActivity(
+            ledger.accounts, lambda account_id: history_events(store, account_id), accounts_max=0
+        )
 
     async def _write(self, request: Any, count: int) -> Any:
         _check_batch(count)
@@ -336,6 +342,12 @@ class LedgerNodeServicer(ledger_pb2_grpc.LedgerNodeServicer):
         return ledger_pb2.ListAccountsResponse(
             accounts=accounts, journal_seq=self._ledger.journal_seq, done=done
         )
+    async def GetActivity(
+        self, request: ledger_pb2.GetActivityRequest, context: Context
+    ) -> ledger_pb2.GetActivityResponse:
+        # Served from memory between drains (no await inside), so it sees
+        # exactly what is on disk, like every other read here.
+        return self._risk.answer(request, self._ownership.owns, wall_clock_ms())
 
     @_guard
     async def GetNodeInfo(
@@ -392,6 +404,7 @@ class NodeServer:
         )
         loaded = store.load()
         ownership = Ownership(shard_id, watcher)
+        risk = RiskActivity(loaded.accounts, lambda account_id: history_events(store, account_id))
         self.ledger = Ledger(
             shard_id,
             store.get,
@@ -402,10 +415,12 @@ class NodeServer:
             max_epoch=loaded.max_epoch,
             in_doubt=loaded.in_doubt,
             transfers_applied=loaded.transfers_applied,
+            observe=risk.index.observe,
+            opened=risk.opened,
         )
         self.writer = Writer(self.ledger, store, self.on_fatal)
         self.servicer = LedgerNodeServicer(
-            shard_id, self.ledger, store, self.writer, ownership, self.on_fatal
+            shard_id, self.ledger, store, self.writer, ownership, self.on_fatal, risk
         )
         self._ownership = ownership
         self._unregister_metrics: Callable[[], None] | None = None

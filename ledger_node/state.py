@@ -29,6 +29,8 @@ from shardbank.v1 import ledger_pb2, types_pb2
 
 Reader = Callable[[bytes], bytes | None]
 Owns = Callable[[int], bool]
+# Told of every posting applied: (account id, at ms, signed amount, counterparty id).
+Observer = Callable[[int, int, int, int], None]
 # (key, value); value None deletes the key.
 Write = tuple[bytes, bytes | None]
 Request = (
@@ -360,6 +362,8 @@ class Ledger:
         max_epoch: int = 0,
         in_doubt: dict[tuple[int, str], int] | None = None,
         transfers_applied: int = 0,
+        observe: Observer | None = None,
+        opened: Callable[[AccountState], None] | None = None,
     ) -> None:
         self.shard_id = shard_id
         self.shard_index = shard_index(shard_id)
@@ -373,6 +377,9 @@ class Ledger:
         self.transfers_applied = transfers_applied
         self._reader = reader
         self._owns = owns
+        # The risk activity index (shardbank.activity) follows every posting.
+        self._observe = observe
+        self._opened = opened
         self._writes: dict[bytes, bytes | None] = {}
         self._dirty: set[int] = set()
 
@@ -550,6 +557,8 @@ class Ledger:
         invariant(account.id not in self.accounts, f"account {account.id} opened twice")
         invariant(account.balance == 0 and account.held == 0, "an account opens empty")
         self.accounts[account.id] = account
+        if self._opened is not None:
+            self._opened(account)
         self._touch(account, now_ms)
         self._journal(
             types_pb2.JournalEntry(
@@ -731,6 +740,10 @@ class Ledger:
             memo=given.memo,
             reference=given.reference,
             cross_shard=cross_shard,
+            # Stored with the record, never part of the body compared on a
+            # resend (client_body): the gateway may decide differently later.
+            risk=given.risk if given.HasField("risk") else None,
+            review_deadline_unix_ms=given.review_deadline_unix_ms,
         )
 
     def _check_customer_id(self, account_id: int) -> None:
@@ -790,6 +803,12 @@ class Ledger:
             return errors.precondition(errors.CROSS_SHARD, "debit and credit are on different shards")
         return None
 
+    def _block_routing_refusal(self, transfer: types_pb2.Transfer) -> BankError | None:
+        """A transfer the gateway blocked is recorded (ABORTED, nothing moves)
+        at its record holder alone, even when its accounts are on two shards."""
+        holder = transfer.credit_account_id if transfer.kind == DEPOSIT else transfer.debit_account_id
+        return None if self._owns(holder) else _slot_moved(holder)
+
     def _apply_transfer(self, given: types_pb2.Transfer, now_ms: int) -> types_pb2.Transfer:
         try:
             transfer = self._transfer_form(given, cross_shard=False)
@@ -801,13 +820,19 @@ class Ledger:
             if not _same_body(record.transfer, transfer):
                 return _rejected(given, _id_conflict())
             return types_pb2.Transfer.FromString(record.transfer.SerializeToString())
-        routing = self._routing_refusal(transfer)
+        blocked = transfer.risk.decision == types_pb2.RISK_DECISION_BLOCK
+        routing = self._block_routing_refusal(transfer) if blocked else self._routing_refusal(transfer)
         if routing is not None:
             return _rejected(transfer, routing)
         transfer.created_at_unix_ms = transfer.updated_at_unix_ms = now_ms
-        refusal = self._debit_refusal(transfer.debit_account_id, transfer) or self._credit_refusal(
-            transfer.credit_account_id, transfer
-        )
+        if blocked:
+            refusal: BankError | None = errors.precondition(
+                errors.RISK_BLOCKED, "the transfer was refused by risk control"
+            )
+        else:
+            refusal = self._debit_refusal(transfer.debit_account_id, transfer) or self._credit_refusal(
+                transfer.credit_account_id, transfer
+            )
         if refusal is not None:
             transfer.status = types_pb2.TRANSFER_STATUS_ABORTED
             _set_outcome(transfer, refusal)
@@ -857,6 +882,9 @@ class Ledger:
         self._chain(seq, entry_bytes)
         self._writes[keys.history_key(debit.id, seq)] = debit_history
         self._writes[keys.history_key(credit.id, seq)] = credit_history
+        if self._observe is not None:
+            self._observe(debit.id, now_ms, debit_delta, credit.id)
+            self._observe(credit.id, now_ms, credit_delta, debit.id)
         self.transfers_applied += 1
         return transfer_bytes
 
@@ -877,6 +905,10 @@ class Ledger:
             # A record of another role (a single-shard transfer under this id)
             # is a conflict, never a state to follow: following a COMMITTED
             # single-shard record would credit the other shard a second time.
+            if _blocked_record(record, role) and _same_body(record.transfer, transfer):
+                # Blocked by risk control at an earlier try: that refusal is
+                # this id's outcome, whatever the gateway decides now.
+                return _leg_out(ledger_pb2.Leg(transfer=record.transfer, role=DEBIT, state=ABORTED))
             if record.role != role or not _same_body(record.transfer, transfer):
                 return _leg_refused(item.transfer, role, _id_conflict())
             return _leg_out(record)
@@ -954,6 +986,8 @@ class Ledger:
         record = self._read_leg(key)
         if record is None:
             return self._resolve_unknown(item, role, transfer_id, body, epoch, now_ms)
+        if _blocked_record(record, role):
+            record = ledger_pb2.Leg(transfer=record.transfer, role=DEBIT, state=ABORTED)
         if record.role != role or (body is not None and not _same_body(record.transfer, body)):
             return _leg_refused(given, role, _id_conflict())
         wanted = COMMITTED if item.decision == COMMIT else ABORTED
@@ -1048,6 +1082,9 @@ class Ledger:
         if wanted == COMMITTED:
             self._history(account, transfer_bytes, balance_delta, seq)
             self.transfers_applied += 1
+            if self._observe is not None:
+                other = transfer.credit_account_id if debit_side else transfer.debit_account_id
+                self._observe(account_id, now_ms, balance_delta, other)
         del self.in_doubt[(record.role, transfer.id)]
         self._writes[keys.in_doubt_key(record.role, transfer.id)] = None
 
@@ -1121,6 +1158,14 @@ def _take_review(clean: types_pb2.Transfer, given: types_pb2.Transfer, now_ms: i
     clean.review_deadline_unix_ms = deadline_ms
     if given.HasField("risk"):
         clean.risk.CopyFrom(given.risk)
+def _blocked_record(record: ledger_pb2.Leg, role: int) -> bool:
+    """A single-shard style record of a transfer that risk control blocked (see _block_routing_refusal)."""
+    return (
+        role == DEBIT
+        and record.role == 0
+        and record.state == ABORTED
+        and record.transfer.reason == errors.RISK_BLOCKED
+    )
 
 
 def _usable(account: AccountState, transfer: types_pb2.Transfer) -> BankError | None:

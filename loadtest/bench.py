@@ -37,7 +37,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,8 @@ SETTLE_POLL_S = 0.2
 PG_CLIENTS = 32
 PG_SYSTEM = "postgresql"
 SHARDBANK_SYSTEM = "shardbank"
+# Scenario names of a run with the gateway's risk check on (with --risk both).
+RISK_SUFFIX = "+risk"
 RESULTS_DIR_DEFAULT = "bench-results"
 
 
@@ -651,6 +653,9 @@ class BenchConfig:
     out_dir: Path = Path(RESULTS_DIR_DEFAULT)
     data_dir: Path | None = None
     keep_data: bool = False
+    # Risk check at the gateway: ("off",), ("on",) or both, back to back in
+    # one run (a fresh cluster each), to measure what the check costs.
+    risk: tuple[str, ...] = ("off",)
 
 
 @dataclass
@@ -772,16 +777,30 @@ def run(config: BenchConfig) -> BenchReport:
     data_dir = config.data_dir or Path(tempfile.mkdtemp(prefix="shardbank-bench-"))
     rows: list[Row] = []
     details: list[dict[str, Any]] = []
-    if config.scenarios:
-        cluster = LocalCluster(data_dir, shards=config.shards, coordinators=config.coordinators)
+    for risk in config.risk if config.scenarios else ():
+        mode_dir = data_dir / f"risk-{risk}" if len(config.risk) > 1 else data_dir
+        cluster = LocalCluster(
+            mode_dir,
+            shards=config.shards,
+            coordinators=config.coordinators,
+            risk_config="" if risk == "off" else None,
+        )
         try:
-            log(f"starting a local cluster in {data_dir} ({config.shards} shards)")
+            log(f"starting a local cluster in {mode_dir} ({config.shards} shards, risk check {risk})")
             cluster.start()
-            rows, details = asyncio.run(run_shardbank(cluster, config))
+            mode_rows, mode_details = asyncio.run(run_shardbank(cluster, config))
         finally:
             cluster.stop()
             if not config.keep_data and config.data_dir is None:
-                shutil.rmtree(data_dir, ignore_errors=True)
+                shutil.rmtree(mode_dir, ignore_errors=True)
+        if risk == "on":
+            mode_rows = [replace(row, scenario=row.scenario + RISK_SUFFIX) for row in mode_rows]
+            for detail in mode_details:
+                detail["scenario"] += RISK_SUFFIX
+        rows += mode_rows
+        details += mode_details
+    if config.scenarios and config.data_dir is None and not config.keep_data:
+        shutil.rmtree(data_dir, ignore_errors=True)
     pg_tps = None
     if config.postgres:
         pg_row = run_postgres(config)
@@ -840,6 +859,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out-dir", default=RESULTS_DIR_DEFAULT, help="where <timestamp>.json/.png go")
     parser.add_argument("--data-dir", default="", help="cluster data dir (default: a fresh temp dir)")
+    parser.add_argument(
+        "--risk",
+        choices=("off", "on", "both"),
+        default="off",
+        help="gateway risk check (config/risk.toml); both: off then on, back to back, rows S1 / S1+risk",
+    )
     parser.set_defaults(handler=cmd_bench)
 
 
@@ -858,6 +883,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         seed=args.seed,
         out_dir=Path(args.out_dir),
         data_dir=Path(args.data_dir) if args.data_dir else None,
+        risk=("off", "on") if args.risk == "both" else (args.risk,),
     )
 
 

@@ -74,6 +74,9 @@ INVALID_REVIEW_DEADLINE = "INVALID_REVIEW_DEADLINE"
 # A service-to-service call without a valid token (shardbank.service_auth).
 SERVICE_UNAUTHENTICATED = "SERVICE_UNAUTHENTICATED"
 INTERNAL = "INTERNAL"
+# Risk control (gateway/risk): refused; held for review but no reviewer is wired.
+RISK_BLOCKED = "RISK_BLOCKED"
+RISK_REVIEW_UNAVAILABLE = "RISK_REVIEW_UNAVAILABLE"
 
 _CODE_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
 

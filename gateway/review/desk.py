@@ -102,8 +102,11 @@ class ReviewDesk:
         transfers: Sequence[types_pb2.Transfer],
         assessments: Sequence[types_pb2.RiskAssessment],
         budget: Budget | None = None,
+        mark_alerts: bool = True,
     ) -> list[types_pb2.Transfer]:
         """Hold each (validated) transfer for review; outcomes in order.
+        `mark_alerts=False` when the caller writes the alerts afterwards with
+        the review state (the risk gate does).
 
         A held one is PENDING / UNDER_REVIEW. One the ledger refuses at
         prepare (insufficient funds, frozen...) is ABORTED with that reason,
@@ -132,7 +135,8 @@ class ReviewDesk:
         routed = await dispatch.dispatch(held, ReviewPlan(self._cluster), self._cluster, budget)
         for index, outcome in zip(indices, routed, strict=True):
             results[index] = outcome
-        await self._mark_pending(routed)
+        if mark_alerts:
+            await self._mark_pending(routed)
         log.info(
             "transfers_held_for_review",
             transfer_ids=[o.id for o in routed if o.reason == errors.UNDER_REVIEW][:32],

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 from clients.client import BankClient
 from clients.local_cluster import LocalCluster
 from shardbank import meta
@@ -48,3 +51,16 @@ def open_on_shard(
 
 def balance(client: BankClient, account_id: int) -> int:
     return client.get_account(account_id).balance
+
+
+def cluster_with_rules(data_dir: Path, rules: str) -> Iterator[LocalCluster]:
+    """A 2-shard cluster whose gateway runs these risk rules (TOML text);
+    every process stopped by PID at the end."""
+    path = data_dir / "risk.toml"
+    path.write_text(rules)
+    local = LocalCluster(data_dir, shards=2, coordinators=1, risk_config=str(path))
+    try:
+        local.start()
+        yield local
+    finally:
+        local.stop()

@@ -379,16 +379,19 @@ CASES: dict[str, Case] = {
     "currency-mismatch-both": Case(
         "POST", "/v1/transfers", 422, "CURRENCY_MISMATCH", body=T(currency="USD"), recorded=True
     ),
-    # Other business refusals (recorded ABORTED).
+    # Other business refusals (recorded ABORTED). Overdrafts ten times the
+    # balance but below every amount the risk rules look at (config/risk.toml:
+    # RMB 50,000+ to a new payee or at night, RMB 1,000,000+ blocked outright,
+    # all decided before any balance is looked at).
     "insufficient-funds": Case(
-        "POST", "/v1/transfers", 422, "INSUFFICIENT_FUNDS", body=T(amount=str(10**12)), recorded=True
+        "POST", "/v1/transfers", 422, "INSUFFICIENT_FUNDS", body=T(amount=str(10**6)), recorded=True
     ),
     "insufficient-funds-cross-shard": Case(
         "POST",
         "/v1/transfers",
         422,
         "INSUFFICIENT_FUNDS",
-        body=T(credit_account_id=lambda w: w.c1, amount=str(10**12)),
+        body=T(credit_account_id=lambda w: w.c1, amount=str(10**6)),
         recorded=True,
     ),
     "debit-frozen": Case(

@@ -203,16 +203,19 @@ def test_customer_sees_pending_under_review_and_no_rule(
         admin.deposit(own.id, FUNDS, "CNY")
         held = customer.transfer(own.id, other, 150_000, "CNY")
         assert (held.status, held.reason) == (PENDING, errors.UNDER_REVIEW)
-        assert not held.HasField("risk")
+        # The decision alone: no rules, score or alert id for the customer.
+        decision_only = types_pb2.RiskAssessment(decision=types_pb2.RISK_DECISION_REVIEW)
+        assert held.risk == decision_only
         seen = customer.get_transfer(held.id)
-        assert (seen.status, seen.reason, seen.HasField("risk")) == (PENDING, errors.UNDER_REVIEW, False)
+        assert (seen.status, seen.reason, seen.risk) == (PENDING, errors.UNDER_REVIEW, decision_only)
         assert list(admin.get_transfer(held.id).risk.rules) == ["test_review_rule"]
         alert = officer.get_alert(admin.get_transfer(held.id).risk.alert_id)
         assert (alert.customer_id, alert.account_id, alert.amount) == ("cust-review", own.id, 150_000)
         officer.review_transfer(held.id, approve=True)
         assert customer.get_transfer(held.id).status == COMMITTED
         page = customer.history(own.id)
-        assert page.entries and not any(e.transfer.HasField("risk") for e in page.entries)
+        risks = [e.transfer.risk for e in page.entries]
+        assert risks and not any(r.rules or r.score or r.alert_id for r in risks)
 
 
 def test_permissions_and_bad_input_over_grpc(

@@ -13,7 +13,7 @@ import pytest
 
 from clients import cli, health
 from clients.cluster_state import read_state, running
-from clients.local_cluster import ETCD_NOT_FOUND, ClusterError, LocalCluster
+from clients.local_cluster import ETCD_NOT_FOUND, RISK_CONFIG_DEFAULT, ClusterError, LocalCluster
 from shardbank import meta
 
 pytestmark = [
@@ -128,7 +128,7 @@ def test_ports_with_a_base_port(tmp_path: Path) -> None:
     assert cluster.spec("gw-1").argv[1:] == (
         "-m", "gateway", "--id", "gw-1", "--listen", "127.0.0.1:50051", "--etcd", "127.0.0.1:2379",
         "--cluster-secret-file", str(tmp_path.resolve() / "cluster.secret"),
-        "--http-listen", "127.0.0.1:8080", "--metrics-port", "50081",
+        "--http-listen", "127.0.0.1:8080", "--risk-config", RISK_CONFIG_DEFAULT, "--metrics-port", "50081",
     )  # fmt: skip
     assert cluster.metrics_addresses == {
         "shard-1": "127.0.0.1:50091", "shard-2": "127.0.0.1:50092", "shard-3": "127.0.0.1:50093",

@@ -1,0 +1,132 @@
+"""Alerts in etcd, shared by every gateway, under the fixed schema:
+`/shardbank/risk/alerts/<alert_id>`, alert_id = `<created ms, 13 digits>-<12 hex>`
+(sorts by time). This module only writes new alerts, in batches (one etcd
+transaction per hundred), each checked against the schema by
+`shardbank.alerts.check_alert`; the alert store (`shardbank/alerts.py`) and
+the risk officer's API (acknowledge, resolve, review) read and update them.
+
+A failed write never fails a transfer (the decision is stored on the
+transfer record either way); it is logged `risk_alert_write_failed` with the
+transfer ids, so an operator can raise it again from the records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import structlog
+
+from gateway.risk.engine import Assessment
+from shardbank import alerts as shared_alerts
+from shardbank import meta
+from shardbank.v1 import types_pb2
+
+log = structlog.get_logger("gateway.risk")
+
+ALERTS = shared_alerts.ALERTS
+# Alerts put in one etcd transaction (etcd's default max-txn-ops is 128).
+ALERTS_PER_TXN_MAX = 100
+KIND_NAMES = {
+    types_pb2.TRANSFER_KIND_TRANSFER: "TRANSFER",
+    types_pb2.TRANSFER_KIND_PAYMENT: "PAYMENT",
+    types_pb2.TRANSFER_KIND_DEPOSIT: "DEPOSIT",
+    types_pb2.TRANSFER_KIND_WITHDRAWAL: "WITHDRAWAL",
+}
+
+
+def new_alert_id(now_ms: int) -> str:
+    return shared_alerts.new_alert_id(now_ms)
+
+
+def alert_record(
+    alert_id: str, now_ms: int, transfer: types_pb2.Transfer, assessment: Assessment
+) -> dict[str, Any]:
+    """The alert's JSON value (shared schema; see the module doc)."""
+    return {
+        "alert_id": alert_id,
+        "created_at_unix_ms": now_ms,
+        "updated_at_unix_ms": now_ms,
+        "transfer_id": transfer.id,
+        "transfer_kind": KIND_NAMES.get(transfer.kind, "TRANSFER"),
+        "debit_account_id": transfer.debit_account_id,
+        "credit_account_id": transfer.credit_account_id,
+        "customer_id": assessment.subject_customer_id,
+        "account_id": assessment.subject_account_id,
+        "amount": transfer.amount,
+        "currency": transfer.currency,
+        "decision": assessment.decision_name,
+        "score": assessment.score,
+        "rules": list(assessment.rules),
+        "aml_typologies": list(assessment.aml_typologies),
+        "severity": assessment.severity,
+        "status": "OPEN",
+        "actor": "",
+        "note": "",
+        # A transfer the review workflow holds (PENDING) waits for a decision.
+        "review_state": "PENDING"
+        if assessment.decision_name == "REVIEW" and transfer.status == types_pb2.TRANSFER_STATUS_PENDING
+        else "",
+        "review_deadline_unix_ms": transfer.review_deadline_unix_ms,
+    }
+
+
+class AlertSink(Protocol):
+    async def write(self, records: Sequence[dict[str, Any]]) -> None: ...
+
+
+class EtcdAlerts:
+    """Puts alerts into etcd from a worker thread (the etcd client is synchronous)."""
+
+    def __init__(self, etcd_endpoint: str) -> None:
+        self._endpoint = etcd_endpoint
+        self._client: Any = None
+
+    async def write(self, records: Sequence[dict[str, Any]]) -> None:
+        if not records:
+            return
+        try:
+            await asyncio.to_thread(self._put, records)
+        except Exception as exc:
+            self._client = None
+            log.error(
+                "risk_alert_write_failed",
+                error=type(exc).__name__,
+                alert_ids=[r["alert_id"] for r in records],
+                transfer_ids=[r["transfer_id"] for r in records],
+            )
+
+    def _put(self, records: Sequence[dict[str, Any]]) -> None:
+        if self._client is None:
+            self._client = meta.connect(self._endpoint)
+        client = self._client
+        for start in range(0, len(records), ALERTS_PER_TXN_MAX):
+            chunk = records[start : start + ALERTS_PER_TXN_MAX]
+            client.transaction(
+                compare=[],
+                success=[
+                    client.transactions.put(
+                        shared_alerts.key_of(r["alert_id"]),
+                        json.dumps(shared_alerts.check_alert(r), separators=(",", ":")),
+                    )
+                    for r in chunk
+                ],
+                failure=[],
+            )
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+def read_alerts(etcd_endpoint: str) -> list[dict[str, Any]]:
+    """Every alert, oldest first (tests, tools; the alert API pages properly)."""
+    client = meta.connect(etcd_endpoint)
+    try:
+        found = [json.loads(value) for value, _ in client.get_prefix(ALERTS, sort_order="ascend")]
+    finally:
+        client.close()
+    return found

@@ -1,0 +1,206 @@
+"""The risk check in the transfer path (gateway side, before routing).
+
+For a batch: one GetActivity per shard involved (not per transfer), then the
+engine decides each transfer in order, each one seeing the earlier ones of
+the batch as if they had moved. The decision goes on the transfer (`risk`,
+stored by the node with the record):
+
+- ALLOW: routed as usual.
+- BLOCK: routed to the record holder, which records it ABORTED / RISK_BLOCKED
+  without moving money (so a resend of the id gets the same refusal).
+- REVIEW: handed to the `ReviewSink` (see review.py).
+
+Then alerts are written for REVIEW/BLOCK and alert-only rules, for the
+transfers whose stored record carries this call's alert id (a resend of a
+recorded id returns the first record, so no second alert), and one log event
+per non-ALLOW decision.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import structlog
+
+from gateway import convert
+from gateway.dispatch import Budget
+from gateway.risk import alerts, engine
+from gateway.risk.alerts import AlertSink
+from gateway.risk.config import RiskConfig
+from gateway.risk.engine import Assessment
+from gateway.risk.features import AccountActivity, Features
+from gateway.risk.reload import ConfigHolder
+from gateway.risk.review import ReviewSink
+from gateway.risk.state import ActivitySource, Found, Query
+from gateway.upstream import unavailable
+from shardbank import errors
+from shardbank.v1 import types_pb2
+
+log = structlog.get_logger("gateway.risk")
+
+Send = Callable[[list[types_pb2.Transfer]], Awaitable[list[types_pb2.Transfer]]]
+DEPOSIT = types_pb2.TRANSFER_KIND_DEPOSIT
+WITHDRAWAL = types_pb2.TRANSFER_KIND_WITHDRAWAL
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def queries_of(transfer: types_pb2.Transfer) -> list[Query]:
+    """The debit account with the credit as counterparty; the credit account."""
+    queries: list[Query] = []
+    if transfer.kind != DEPOSIT:
+        counterparty = 0 if transfer.kind == WITHDRAWAL else transfer.credit_account_id
+        queries.append((transfer.debit_account_id, counterparty))
+    if transfer.kind != WITHDRAWAL:
+        queries.append((transfer.credit_account_id, 0))
+    return queries
+
+
+class BatchView:
+    """The accounts of one batch, as the shards reported them, updated as the
+    engine lets each transfer through."""
+
+    def __init__(self, found: dict[Query, Found], config: RiskConfig) -> None:
+        self._found = found
+        self._accounts: dict[int, AccountActivity] = {q[0]: f.account for q, f in found.items()}
+        self._band = config.near_band()
+
+    def features(self, transfer: types_pb2.Transfer, now_ms: int) -> Features:
+        debit = credit = None
+        known = False
+        if transfer.kind != DEPOSIT:
+            debit = self._accounts.get(transfer.debit_account_id)
+            answer = self._found.get((transfer.debit_account_id, transfer.credit_account_id))
+            known = (answer is not None and answer.counterparty_known) or (
+                debit is not None and transfer.credit_account_id in debit.known_payees
+            )
+        if transfer.kind != WITHDRAWAL:
+            credit = self._accounts.get(transfer.credit_account_id)
+        return Features(transfer, now_ms, debit, credit, counterparty_known=known)
+
+    def moved(self, transfer: types_pb2.Transfer) -> None:
+        low, high = self._band
+        debit = self._accounts.get(transfer.debit_account_id)
+        if debit is not None:
+            debit.paid_out(transfer.amount, transfer.credit_account_id, low <= transfer.amount < high)
+        credit = self._accounts.get(transfer.credit_account_id)
+        if credit is not None:
+            credit.paid_in(transfer.amount, transfer.debit_account_id)
+
+
+def assess_batch(
+    transfers: list[types_pb2.Transfer], found: dict[Query, Found], config: RiskConfig, now_ms: int
+) -> list[Assessment]:
+    """Pure: the decision for each transfer of a batch, in order."""
+    view = BatchView(found, config)
+    assessments = []
+    for transfer in transfers:
+        assessment = engine.assess(view.features(transfer, now_ms), config)
+        if assessment.decision == engine.ALLOW:
+            view.moved(transfer)
+        assessments.append(assessment)
+    return assessments
+
+
+@dataclass(eq=False)
+class _Item:
+    transfer: types_pb2.Transfer
+    assessment: Assessment | None = None
+    alert_id: str = ""
+    outcome: types_pb2.Transfer | None = None
+
+
+class RiskGate:
+    def __init__(
+        self,
+        holder: ConfigHolder,
+        source: ActivitySource,
+        alert_sink: AlertSink,
+        review: ReviewSink,
+        clock_ms: Callable[[], int] = wall_clock_ms,
+    ) -> None:
+        self.holder = holder
+        self._source = source
+        self._alerts = alert_sink
+        self._review = review
+        self._clock_ms = clock_ms
+
+    async def run(
+        self, transfers: list[types_pb2.Transfer], budget: Budget, send: Send
+    ) -> list[types_pb2.Transfer]:
+        """Decide, route (through `send`), hold for review, alert; one outcome per transfer."""
+        config = self.holder.current
+        items = [_Item(t) for t in transfers]
+        queries = [q for t in transfers for q in queries_of(t)]
+        fetched = await self._source.fetch(queries, config, budget)
+        found, missing = fetched.found, fetched.unavailable
+        now_ms = self._clock_ms()
+        checked: list[_Item] = []
+        for item in items:
+            if missing and any(q[0] in missing for q in queries_of(item.transfer)):
+                error = unavailable(errors.SHARD_UNAVAILABLE, "risk check: a shard did not answer")
+                item.outcome = convert.unsettled_transfer(item.transfer, error, cross_shard=False)
+            else:
+                checked.append(item)
+        for item, assessment in zip(
+            checked, assess_batch([i.transfer for i in checked], found, config, now_ms), strict=True
+        ):
+            item.assessment = assessment
+            if assessment.needs_alert:
+                item.alert_id = alerts.new_alert_id(now_ms)
+            item.transfer.risk.CopyFrom(assessment.to_proto(item.alert_id))
+        await self._route(checked, budget, send)
+        await self._raise_alerts(checked, now_ms)
+        return [i.outcome for i in items if i.outcome is not None]
+
+    async def _route(self, checked: list[_Item], budget: Budget, send: Send) -> None:
+        held: list[_Item] = []
+        routed: list[_Item] = []
+        for item in checked:
+            review = item.assessment is not None and item.assessment.decision == engine.REVIEW
+            (held if review else routed).append(item)
+        if routed:
+            for item, outcome in zip(routed, await send([i.transfer for i in routed]), strict=True):
+                item.outcome = outcome
+        if held:
+            outcomes = await self._review.hold_for_review(
+                [i.transfer for i in held], [i.assessment for i in held if i.assessment is not None], budget
+            )
+            for item, outcome in zip(held, outcomes, strict=True):
+                item.outcome = outcome
+
+    async def _raise_alerts(self, checked: list[_Item], now_ms: int) -> None:
+        records = []
+        for item in checked:
+            assessment, outcome = item.assessment, item.outcome
+            if assessment is None or outcome is None:
+                continue
+            if assessment.decision != engine.ALLOW or assessment.alert_only:
+                log.warning(
+                    "risk_decision",
+                    transfer_id=item.transfer.id,
+                    decision=assessment.decision_name,
+                    score=assessment.score,
+                    rules=list(assessment.rules),
+                    aml_typologies=list(assessment.aml_typologies),
+                    debit_account_id=item.transfer.debit_account_id,
+                    credit_account_id=item.transfer.credit_account_id,
+                    outcome=outcome.reason or "OK",
+                )
+            if item.alert_id and _stored_here(outcome, item.alert_id):
+                records.append(alerts.alert_record(item.alert_id, now_ms, outcome, assessment))
+        await self._alerts.write(records)
+
+
+def _stored_here(outcome: types_pb2.Transfer, alert_id: str) -> bool:
+    """Did this call's decision become the transfer's (not an earlier record's)?"""
+    if outcome.risk.alert_id != alert_id:
+        return False
+    return outcome.status != types_pb2.TRANSFER_STATUS_REJECTED or outcome.reason in (
+        errors.RISK_REVIEW_UNAVAILABLE,
+        errors.RISK_BLOCKED,
+    )

@@ -1,0 +1,222 @@
+"""The risk gate around the engine: a batch sees its own earlier items,
+BLOCK/REVIEW/ALLOW are routed apart, alerts only for decisions that became
+the transfer's, and a shard that does not answer leaves its items unsettled."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import grpc
+
+from gateway.dispatch import Budget
+from gateway.risk import config, engine
+from gateway.risk.gate import RiskGate, assess_batch
+from gateway.risk.review import RefuseReview
+from gateway.risk.state import Fetched, MemoryActivity, ShardActivity
+from shardbank.errors import BankError
+from shardbank.v1 import ledger_pb2, types_pb2
+
+RULES = """
+[bands]
+review_score = 50
+block_score = 100
+[rules.velocity_count_1m]
+kind = "velocity_count"
+weight = 100
+window_s = 60
+max_count = 3
+[rules.review_amount]
+kind = "large_amount"
+weight = 50
+threshold_minor = 10_000
+[rules.structuring]
+alert_only = true
+aml_typology = "STRUCTURING"
+threshold_minor = 5_000
+band_pct = 10
+min_count = 2
+"""
+NOW_MS = 1_800_000_000_000
+ALICE, BOB = 6222020000000001, 6222020000000002
+
+
+class Holder:
+    current = config.parse(RULES)
+
+
+class Alerts:
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    async def write(self, records: Any) -> None:
+        self.records.extend(records)
+
+
+def move(amount: int) -> types_pb2.Transfer:
+    return types_pb2.Transfer(
+        id=str(uuid.uuid4()), kind=types_pb2.TRANSFER_KIND_TRANSFER, debit_account_id=ALICE,
+        credit_account_id=BOB, amount=amount, currency="CNY",
+    )  # fmt: skip
+
+
+def activity() -> MemoryActivity:
+    memory = MemoryActivity()
+    memory.open(ALICE, types_pb2.ACCOUNT_TYPE_PERSONAL, "c-1", 1)
+    memory.open(BOB, types_pb2.ACCOUNT_TYPE_PERSONAL, "c-2", 1)
+    memory.now_ms = NOW_MS
+    return memory
+
+
+def test_a_batch_counts_its_own_earlier_items() -> None:
+    batch = [move(100) for _ in range(5)]
+    found = activity().fetch_now([(ALICE, BOB), (BOB, 0)], Holder.current)
+    decisions = [a.decision for a in assess_batch(batch, found, Holder.current, NOW_MS)]
+    assert decisions == [engine.ALLOW] * 3 + [engine.BLOCK] * 2
+
+
+async def node(items: list[types_pb2.Transfer]) -> list[types_pb2.Transfer]:
+    """A stand-in node: BLOCK recorded ABORTED, the rest committed, risk stored."""
+    outcomes = []
+    for item in items:
+        outcome = types_pb2.Transfer()
+        outcome.CopyFrom(item)
+        if item.risk.decision == engine.BLOCK:
+            outcome.status, outcome.code, outcome.reason = (
+                types_pb2.TRANSFER_STATUS_ABORTED,
+                9,
+                "RISK_BLOCKED",
+            )
+        else:
+            outcome.status = types_pb2.TRANSFER_STATUS_COMMITTED
+        outcomes.append(outcome)
+    return outcomes
+
+
+def test_the_gate_routes_holds_and_alerts() -> None:
+    alerts = Alerts()
+    gate = RiskGate(Holder(), activity(), alerts, RefuseReview(), clock_ms=lambda: NOW_MS)  # type: ignore[arg-type]
+    batch = [move(4_600), move(4_700), move(20_000), move(10), move(10)]
+    outcomes = asyncio.run(gate.run(batch, Budget(5.0), node))
+    assert [o.reason for o in outcomes] == ["", "", "RISK_REVIEW_UNAVAILABLE", "", "RISK_BLOCKED"]
+    assert outcomes[2].code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+    assert outcomes[2].status == types_pb2.TRANSFER_STATUS_REJECTED
+    by_transfer = {r["transfer_id"]: r for r in alerts.records}
+    assert set(by_transfer) == {batch[1].id, batch[2].id, batch[4].id}
+    assert by_transfer[batch[1].id]["aml_typologies"] == ["STRUCTURING"]
+    assert by_transfer[batch[1].id]["decision"] == "ALLOW"
+    assert by_transfer[batch[2].id]["decision"] == "REVIEW"
+    assert by_transfer[batch[4].id]["decision"] == "BLOCK"
+    assert by_transfer[batch[4].id]["customer_id"] == "c-1"
+    assert all(
+        r["alert_id"] == o.risk.alert_id for o in outcomes for r in alerts.records if r["transfer_id"] == o.id
+    )
+
+
+def test_a_resend_of_a_recorded_id_raises_no_second_alert() -> None:
+    alerts = Alerts()
+    gate = RiskGate(Holder(), activity(), alerts, RefuseReview(), clock_ms=lambda: NOW_MS)  # type: ignore[arg-type]
+    first_alert = "1800000000000-aaaaaaaaaaaa"
+
+    async def recorded(items: list[types_pb2.Transfer]) -> list[types_pb2.Transfer]:
+        outcomes = await node(items)
+        for outcome in outcomes:
+            outcome.risk.alert_id = first_alert  # the stored record's, from the first try
+        return outcomes
+
+    batch = [move(100) for _ in range(4)]
+    outcomes = asyncio.run(gate.run(batch, Budget(5.0), recorded))
+    assert outcomes[3].reason == "RISK_BLOCKED"
+    assert alerts.records == []
+
+
+def test_an_unanswered_shard_leaves_its_items_unsettled() -> None:
+    class Down(MemoryActivity):
+        async def fetch(self, queries: Any, config: Any, budget: Any) -> Fetched:
+            return Fetched({}, {ALICE})
+
+    sent: list[types_pb2.Transfer] = []
+
+    async def record(items: list[types_pb2.Transfer]) -> list[types_pb2.Transfer]:
+        sent.extend(items)
+        return await node(items)
+
+    gate = RiskGate(Holder(), Down(), Alerts(), RefuseReview(), clock_ms=lambda: NOW_MS)  # type: ignore[arg-type]
+    (outcome,) = asyncio.run(gate.run([move(100)], Budget(5.0), record))
+    assert outcome.code == grpc.StatusCode.UNAVAILABLE.value[0] and outcome.reason == "SHARD_UNAVAILABLE"
+    assert sent == []
+
+
+class FakeNode:
+    def __init__(self, shard_id: str, cluster: FakeCluster) -> None:
+        self._shard_id = shard_id
+        self._cluster = cluster
+
+    async def GetActivity(self, request: Any, timeout: float) -> Any:
+        self._cluster.calls.append((self._shard_id, [q.account_id for q in request.queries]))
+        if self._shard_id in self._cluster.down:
+            raise BankError(grpc.StatusCode.UNAVAILABLE, "SHARD_UNAVAILABLE", "down")
+        summaries = []
+        for query in request.queries:
+            moved = self._cluster.moved_once.pop(query.account_id, False)
+            summaries.append(
+                ledger_pb2.ActivitySummary(account_id=query.account_id, code=10, reason="SLOT_MOVED")
+                if moved
+                else ledger_pb2.ActivitySummary(account_id=query.account_id, customer_id=self._shard_id)
+            )
+        if self._shard_id in self._cluster.short:
+            summaries = summaries[:-1]
+        return ledger_pb2.GetActivityResponse(summaries=summaries)
+
+
+class FakeCluster:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[int]]] = []
+        self.down: set[str] = set()
+        self.short: set[str] = set()
+        self.moved_once: dict[int, bool] = {}
+        self.refreshed = 0
+
+    def owner(self, account_id: int) -> str:
+        return f"shard-{account_id % 2 + 1}"
+
+    def node(self, shard_id: str) -> FakeNode:
+        return FakeNode(shard_id, self)
+
+    async def refresh_map(self) -> None:
+        self.refreshed += 1
+
+
+def test_shard_activity_asks_each_shard_once_and_reports_what_it_could_not_learn() -> None:
+    cluster = FakeCluster()
+    source = ShardActivity(cluster)  # type: ignore[arg-type]
+    queries = [(10, 11), (11, 0), (12, 0), (13, 0)]
+    cluster.moved_once[12] = True
+    fetched = asyncio.run(source.fetch(queries, Holder.current, Budget(5.0)))
+    assert sorted(s for s, _ in cluster.calls) == [
+        "shard-1",
+        "shard-1",
+        "shard-2",
+    ]  # shard-1 again after SLOT_MOVED
+    assert cluster.refreshed == 1
+    assert set(fetched.found) == set(queries) and fetched.unavailable == set()
+    assert fetched.found[(11, 0)].account.customer_id == "shard-2"
+    cluster.down, cluster.short = {"shard-2"}, {"shard-1"}
+    fetched = asyncio.run(source.fetch(queries, Holder.current, Budget(5.0)))
+    assert fetched.found == {} and fetched.unavailable == {10, 11, 12, 13}
+
+
+def test_concurrent_requests_share_one_call_per_shard() -> None:
+    cluster = FakeCluster()
+    source = ShardActivity(cluster)  # type: ignore[arg-type]
+
+    async def both() -> list[Fetched]:
+        return await asyncio.gather(
+            source.fetch([(10, 11), (11, 0)], Holder.current, Budget(5.0)),
+            source.fetch([(12, 0), (11, 0)], Holder.current, Budget(5.0)),
+        )
+
+    first, second = asyncio.run(both())
+    assert sorted(cluster.calls) == [("shard-1", [10, 12]), ("shard-2", [11])]
+    assert set(first.found) == {(10, 11), (11, 0)} and set(second.found) == {(12, 0), (11, 0)}
