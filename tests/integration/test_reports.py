@@ -20,6 +20,7 @@ import signal
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -239,6 +240,19 @@ class Day:
     holders: dict[int, Holder]
     sent: list[Sent]
     date: str
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """The day plants amounts far over the risk rules' limits (that is the
+    point of an AML report): the risk check is off here, so every planted
+    transfer commits and the report sees exactly what the test computed."""
+    local = LocalCluster(tmp_path_factory.mktemp("reports"), shards=2, coordinators=2, risk_config="")
+    try:
+        local.start()
+        yield local
+    finally:
+        local.stop()
 
 
 @pytest.fixture(scope="module")
