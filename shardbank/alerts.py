@@ -76,7 +76,7 @@ ALERT_RESOLVED = "ALERT_RESOLVED"
 ALERT_CONFLICT = "ALERT_CONFLICT"
 
 ALERT_ID_RE = re.compile(r"[0-9]{13}-[0-9a-f]{12}")
-_RULE_RE = re.compile(r"[a-z0-9_.:-]{1,64}")
+_RULE_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 FIELDS: Mapping[str, type] = {
     "alert_id": str,

@@ -135,19 +135,24 @@ def test_block_over_http_says_nothing_of_the_rules(bank: BankClient, risky: Loca
     assert balance(bank, alice.id) == FUNDS
 
 
-def test_review_without_a_reviewer_is_refused_and_nothing_recorded(
-    bank: BankClient, risky: LocalCluster
-) -> None:
+def test_review_holds_the_debit_until_an_officer_decides(bank: BankClient, risky: LocalCluster) -> None:
+    """A REVIEW decision goes to the review desk: the debit is held through
+    2PC with a deadline, the customer's view is PENDING / UNDER_REVIEW, and
+    the alert says the review is pending."""
     alice = funded(bank, risky, "shard-1")
     bob = open_on_shard(bank, risky, "shard-1")
     transfer_id = str(uuid.uuid4())
-    with pytest.raises(ShardbankError) as refused:
-        bank.transfer(alice.id, bob.id, 600_000, "CNY", transfer_id=transfer_id)
-    assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
-    assert refused.value.reason == "RISK_REVIEW_UNAVAILABLE"
-    assert balance(bank, alice.id) == FUNDS
+    held = bank.transfer(alice.id, bob.id, 600_000, "CNY", transfer_id=transfer_id)
+    assert (held.status, held.reason) == (types_pb2.TRANSFER_STATUS_PENDING, "UNDER_REVIEW")
+    assert held.review_deadline_unix_ms > 0
+    account = bank.get_account(alice.id)
+    assert (account.balance, account.held, account.available) == (FUNDS, 600_000, FUNDS - 600_000)
     (alert,) = alerts_of(risky, transfer_id)
     assert alert["decision"] == "REVIEW" and alert["rules"] == ["review_amount"]
+    assert alert["review_state"] == "PENDING" and alert["alert_id"] == held.risk.alert_id
+    bank.review_transfer(transfer_id, approve=False, note="test: not approved")
+    assert bank.get_transfer(transfer_id).reason == "RISK_REJECTED"
+    assert (balance(bank, alice.id), balance(bank, bob.id)) == (FUNDS, 0)
 
 
 def test_client_set_risk_fields_are_refused(bank: BankClient, risky: LocalCluster) -> None:

@@ -84,7 +84,7 @@ def test_a_seeded_day_through_the_gateway(day_cluster: LocalCluster) -> None:
     velocity = [p for p in day.patterns if p.kind == synthetic_day.VELOCITY_BURST]
     for pattern in velocity:  # bursts are stopped, not just reported
         assert any(
-            stored[t].reason in ("RISK_BLOCKED", "RISK_REVIEW_UNAVAILABLE") for t in pattern.transfer_ids
+            stored[t].reason in ("RISK_BLOCKED", "UNDER_REVIEW") for t in pattern.transfer_ids
         )
 
 
