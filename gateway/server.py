@@ -186,7 +186,8 @@ async def create_gateway(config: GatewayConfig) -> Gateway:
     if config.risk_config:
         alert_sink = EtcdAlerts(config.etcd_endpoint)
         holder = ConfigHolder(config.risk_config)
-        risk = RiskGate(holder, ShardActivity(cluster), alert_sink, DeskReview(desk))
+        freeze = desk.freeze_on_severe if config.review.freeze_on_severe else None
+        risk = RiskGate(holder, ShardActivity(cluster), alert_sink, DeskReview(desk), freeze=freeze)
     else:
         log.warning("risk_check_off", gateway_id=config.gateway_id)
     handlers = BankHandlers(cluster, config.gateway_id, auth, desk, config.review_test_rule, risk)

@@ -106,6 +106,10 @@ def assess_batch(
     return assessments
 
 
+# The automatic freeze on a severe rule: (account id, rule name).
+Freeze = Callable[[int, str], Awaitable[object]]
+
+
 @dataclass(eq=False)
 class _Item:
     transfer: types_pb2.Transfer
@@ -122,12 +126,17 @@ class RiskGate:
         alert_sink: AlertSink,
         review: ReviewSink,
         clock_ms: Callable[[], int] = wall_clock_ms,
+        freeze: Freeze | None = None,
     ) -> None:
+        """`freeze`: called for a BLOCK of HIGH severity with (the account
+        the rules looked at, the first rule) — the review desk's automatic
+        freeze, itself off unless the gateway runs with --freeze-on-severe."""
         self.holder = holder
         self._source = source
         self._alerts = alert_sink
         self._review = review
         self._clock_ms = clock_ms
+        self._freeze = freeze
 
     async def run(
         self, transfers: list[types_pb2.Transfer], budget: Budget, send: Send
@@ -155,7 +164,26 @@ class RiskGate:
             item.transfer.risk.CopyFrom(assessment.to_proto(item.alert_id))
         await self._route(checked, budget, send)
         await self._raise_alerts(checked, now_ms)
+        if self._freeze is not None:
+            await self._freeze_severe(checked, self._freeze)
         return [i.outcome for i in items if i.outcome is not None]
+
+    async def _freeze_severe(self, checked: list[_Item], freeze: Freeze) -> None:
+        """Freeze once per account, after the outcomes are known, and never
+        let a failed freeze change a transfer's outcome (it is already final)."""
+        frozen: set[int] = set()
+        for item in checked:
+            assessment = item.assessment
+            if assessment is None or assessment.decision != engine.BLOCK or assessment.severity != "HIGH":
+                continue
+            account_id = assessment.subject_account_id or item.transfer.debit_account_id
+            if account_id in frozen or not assessment.rules:
+                continue
+            frozen.add(account_id)
+            try:
+                await freeze(account_id, assessment.rules[0])
+            except errors.BankError as error:
+                log.warning("risk_freeze_failed", account_id=account_id, reason=error.reason)
 
     async def _route(self, checked: list[_Item], budget: Budget, send: Send) -> None:
         held: list[_Item] = []

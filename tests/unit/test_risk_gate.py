@@ -114,6 +114,27 @@ def test_the_gate_routes_holds_and_alerts() -> None:
     )
 
 
+def test_a_severe_block_freezes_the_account_once() -> None:
+    frozen: list[tuple[int, str]] = []
+
+    async def freeze(account_id: int, rule: str) -> None:
+        frozen.append((account_id, rule))
+
+    gate = RiskGate(
+        Holder(),
+        activity(),
+        Alerts(),
+        RefuseReview(),
+        clock_ms=lambda: NOW_MS,
+        freeze=freeze,  # type: ignore[arg-type]
+    )
+    # The fourth payment in a minute breaks velocity_count_1m: BLOCK (HIGH).
+    batch = [move(4_600), move(10), move(10), move(10), move(10)]
+    outcomes = asyncio.run(gate.run(batch, Budget(5.0), node))
+    assert [o.reason for o in outcomes] == ["", "", "", "RISK_BLOCKED", "RISK_BLOCKED"]
+    assert frozen == [(ALICE, "velocity_count_1m")]
+
+
 def test_a_resend_of_a_recorded_id_raises_no_second_alert() -> None:
     alerts = Alerts()
     gate = RiskGate(Holder(), activity(), alerts, RefuseReview(), clock_ms=lambda: NOW_MS)  # type: ignore[arg-type]
