@@ -21,7 +21,7 @@ from pathlib import Path
 
 from google.protobuf.message import DecodeError
 
-from ledger_node import journal, keys
+from ledger_node import journal, keys, slot_data
 from ledger_node.store import Store
 from shardbank.v1 import ledger_pb2, types_pb2
 
@@ -39,6 +39,13 @@ _STATE_OF_KIND = {
     types_pb2.JOURNAL_KIND_LEG_COMMITTED: COMMITTED,
     types_pb2.JOURNAL_KIND_LEG_ABORTED: ABORTED,
 }
+_MOVE_KINDS = (
+    types_pb2.JOURNAL_KIND_ACCOUNT_IMPORTED,
+    types_pb2.JOURNAL_KIND_ACCOUNT_RELEASED,
+    types_pb2.JOURNAL_KIND_RECORD_IMPORTED,
+    types_pb2.JOURNAL_KIND_RECORD_RELEASED,
+    types_pb2.JOURNAL_KIND_HISTORY_IMPORTED,
+)
 
 
 class Corrupt(Exception):
@@ -71,6 +78,11 @@ class ShardReport:
     debit_records: dict[str, int] = field(default_factory=dict)
     # transfer id -> (state, currency, amount) of credit legs here
     credit_legs: dict[str, tuple[int, str, int]] = field(default_factory=dict)
+    # Slot moves: slots holding copies not yet this shard's (staged), and
+    # (currency, balance) of each customer account, so that an account on two
+    # shards mid-move is counted once in the books.
+    staged: set[int] = field(default_factory=set)
+    customer_balances: dict[int, tuple[str, int]] = field(default_factory=dict)
 
 
 def _journal_where(seq: int) -> str:
@@ -110,6 +122,32 @@ def _walk_journal(
     return accounts, states
 
 
+def _replay_move(
+    entry: types_pb2.JournalEntry,
+    accounts: dict[int, _Replayed],
+    states: dict[tuple[int, str], int],
+    shard: str,
+    where: str,
+) -> None:
+    """Entries of slot moves (docs/moves.md): copies set state, releases drop it."""
+    kind = entry.kind
+    if kind == types_pb2.JOURNAL_KIND_ACCOUNT_IMPORTED:
+        account = entry.account
+        accounts[account.id] = _Replayed(
+            account.currency, account.status, account.balance, account.held, account.pending_credit
+        )
+    elif kind == types_pb2.JOURNAL_KIND_ACCOUNT_RELEASED:
+        if accounts.pop(entry.account_id, None) is None:
+            raise Corrupt(shard, where, f"release of unknown account {entry.account_id}")
+    elif kind == types_pb2.JOURNAL_KIND_RECORD_IMPORTED:
+        states[(entry.role, entry.transfer.id)] = entry.leg_state
+    elif (
+        kind == types_pb2.JOURNAL_KIND_RECORD_RELEASED
+        and states.pop((entry.role, entry.transfer.id), None) is None
+    ):
+        raise Corrupt(shard, where, f"release of unknown transfer record {entry.transfer.id}")
+
+
 def _replay(
     entry: types_pb2.JournalEntry,
     accounts: dict[int, _Replayed],
@@ -117,6 +155,9 @@ def _replay(
     shard: str,
     where: str,
 ) -> None:
+    if entry.kind in _MOVE_KINDS:
+        _replay_move(entry, accounts, states, shard, where)
+        return
     if entry.kind == types_pb2.JOURNAL_KIND_ACCOUNT_OPENED:
         if entry.account.id in accounts:
             raise Corrupt(shard, where, f"account {entry.account.id} opened twice")
@@ -175,7 +216,10 @@ def _check_accounts(store: Store, replayed: dict[int, _Replayed], report: ShardR
                 f"stored (currency, status, balance, held, pending_credit) {got} != journal replay {want}",
             )
         seen.add(account.id)
-        report.balances[account.currency] += account.balance
+        if account.type != types_pb2.ACCOUNT_TYPE_SYSTEM:
+            report.customer_balances[account.id] = (account.currency, account.balance)
+        else:
+            report.balances[account.currency] += account.balance
     missing = sorted(set(replayed) - seen)
     if missing:
         raise Corrupt(shard, f"account {missing[0]}", "opened in the journal but its record is missing")
@@ -208,6 +252,8 @@ def _check_records(store: Store, states: dict[tuple[int, str], int], report: Sha
             seen.add((role, transfer_id))
             if record.state == PREPARED:
                 prepared.add((role, transfer_id))
+            if slot_data.in_slots(slot_data.record_account(record), report.staged):
+                continue  # a staged copy: the source's original is what counts
             if prefix == keys.TRANSFER:
                 report.records += 1
                 if role == DEBIT:
@@ -233,6 +279,7 @@ def verify_shard(path: Path, name: str) -> ShardReport:
     report = ShardReport(name=name)
     store = Store(str(path), read_only=True)
     try:
+        report.staged = slot_data.decode_slots(store.get(keys.META_STAGED))
         replayed, states = _walk_journal(store, report)
         _check_accounts(store, replayed, report)
         _check_records(store, states, report)
@@ -244,6 +291,8 @@ def verify_shard(path: Path, name: str) -> ShardReport:
 def check_books(reports: list[ShardReport]) -> dict[str, int]:
     """Per currency: sum of balances + amounts in flight; must be 0 everywhere."""
     totals: dict[str, int] = defaultdict(int)
+    for currency, balance in _customer_balances(reports).values():
+        totals[currency] += balance
     committed = {tid for r in reports for tid, state in r.debit_records.items() if state == COMMITTED}
     settled_elsewhere = {tid: state for r in reports for tid, state in r.debit_records.items()}
     for report in reports:
@@ -257,6 +306,21 @@ def check_books(reports: list[ShardReport]) -> dict[str, int]:
                     report.name, f"credit leg {tid}", "committed but its record holder did not commit"
                 )
     return dict(totals)
+
+
+def _customer_balances(reports: list[ShardReport]) -> dict[int, tuple[str, int]]:
+    """Each customer account once. Mid-move an account is on two shards: the
+    staged copy is not counted; two unstaged copies (after the flip, before
+    the source released its own) must agree, since the source was fenced."""
+    chosen: dict[int, tuple[str, int]] = {}
+    for report in reports:
+        for account_id, value in report.customer_balances.items():
+            if slot_data.in_slots(account_id, report.staged):
+                continue
+            if account_id in chosen and chosen[account_id] != value:
+                raise Corrupt(report.name, f"account {account_id}", "on two shards with different balances")
+            chosen[account_id] = value
+    return chosen
 
 
 def find_shards(data_dir: Path) -> list[tuple[str, Path]]:
