@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -63,6 +64,19 @@ FENCE_ATTEMPTS_MAX = 3
 FINAL_ROUNDS_MAX = 1000
 # How often copy progress is written to etcd (a record per page costs etcd writes).
 PROGRESS_INTERVAL_S = 0.5
+# Tests and the fault runner only: a pause after every step and page, so that
+# a kill lands inside a move instead of after it (a move of a few accounts
+# takes ~100 ms). Never set in production.
+STEP_PAUSE_ENV = "SHARDBANK_MOVE_STEP_PAUSE_MS"
+STEP_PAUSE_MS_MAX = 10_000
+
+
+def step_pause_s() -> float:
+    try:
+        value = int(os.environ.get(STEP_PAUSE_ENV, "0"))
+    except ValueError:
+        return 0.0
+    return min(max(value, 0), STEP_PAUSE_MS_MAX) / 1000
 
 
 class Retry(Exception):
@@ -81,6 +95,7 @@ class Mover:
         self._actor = actor
         self._client: etcd3.Etcd3Client | None = None
         self._last_progress = 0.0
+        self._pause_s = step_pause_s()
         self.steps: dict[str, Callable[[Move], Awaitable[Move]]] = {
             moves.PENDING: self._pending,
             moves.COPYING: self._copying,
@@ -121,6 +136,8 @@ class Mover:
                 move = await self._save(move.advance(moves.ROLLING_BACK, rollback_requested=True), epoch)
                 continue
             step = self.steps[move.phase]
+            if self._pause_s:
+                await asyncio.sleep(self._pause_s)
             try:
                 moved = await step(move)
             except Retry as exc:
@@ -195,6 +212,8 @@ class Mover:
             following.copy_done = not page.next_cursor
             checkpoint = await self._import(move, page, following, count=True)
             await self._progress(move, checkpoint)
+            if self._pause_s:
+                await asyncio.sleep(self._pause_s)
         return move.advance(moves.CATCHING_UP, **_counts(checkpoint))
 
     async def _catching_up(self, move: Move) -> Move:

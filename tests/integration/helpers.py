@@ -48,3 +48,14 @@ def open_on_shard(
 
 def balance(client: BankClient, account_id: int) -> int:
     return client.get_account(account_id).balance
+
+
+def leader_id(cluster: LocalCluster) -> str:
+    """The coordinator that leads now (etcd's leader key)."""
+    client = meta.connect(cluster.etcd_endpoint)
+    try:
+        leader = meta.read_leader(client)
+    finally:
+        client.close()
+    assert leader is not None, "no coordinator leader"
+    return leader.coordinator_id

@@ -16,7 +16,7 @@ import grpc
 from clients import messages, shard_ops
 from clients.client import BankClient
 from clients.local_cluster import LocalCluster
-from shardbank import meta, move_records
+from shardbank import errors, meta, move_records
 from shardbank.moves import Move
 from shardbank.slots import slot_of
 from shardbank.v1 import types_pb2
@@ -52,6 +52,10 @@ def settle(client: BankClient, transfer: types_pb2.Transfer) -> types_pb2.Transf
             time.sleep(0.1)
             continue
         if outcome.code == UNAVAILABLE or outcome.status == types_pb2.TRANSFER_STATUS_PENDING:
+            time.sleep(0.1)
+            continue
+        if outcome.reason == errors.SLOT_MOVED and outcome.status == types_pb2.TRANSFER_STATUS_REJECTED:
+            # Nothing recorded; the slot map was changing (ABORTED: retry higher up).
             time.sleep(0.1)
             continue
         return outcome
@@ -130,8 +134,11 @@ def check_no_loss_no_double(client: BankClient, ledger: Ledger, accounts: list[i
         assert account.held == 0 and account.pending_credit == 0, f"account {account_id} holds money"
         assert account.balance == expected[account_id], f"account {account_id}"
     for transfer_id, outcome in ledger.outcomes.items():
-        found = client.get_transfer(transfer_id)
-        assert found.status == outcome.status, transfer_id
+        try:
+            found = client.get_transfer(transfer_id)
+        except Exception as exc:
+            raise AssertionError(f"{transfer_id}: {outcome} not found ({exc})") from None
+        assert found.status == outcome.status, (transfer_id, outcome, found)
         (replayed,) = client.submit_transfers([ledger.bodies[transfer_id]])
         assert replayed.status == outcome.status, transfer_id
         assert replayed.reason == outcome.reason, transfer_id
