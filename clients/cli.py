@@ -21,7 +21,7 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from clients import cli_auth, cli_cluster, render
+from clients import cli_auth, cli_cluster, cli_shard, render
 from clients.channel import default_target
 from clients.client import BankClient
 from clients.messages import ACCOUNT_TYPES, ID_TYPES
@@ -247,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = _common()
     cli_cluster.add_commands(commands, common)
     cli_auth.add_commands(commands, common)
+    cli_shard.add_commands(commands, common)
     _add_account(commands, common)
     for name, verb in (("deposit", "cash in"), ("withdraw", "cash out")):
         sub = commands.add_parser(name, parents=[common], help=verb)

@@ -44,7 +44,7 @@ from types import TracebackType
 
 import grpc
 
-from clients import health, processes
+from clients import added_shards, health, processes
 from clients.cluster_state import ClusterState, ComponentRecord, read_state, running, write_state
 from clients.errors import ShardbankError
 from shardbank import meta, service_auth
@@ -153,6 +153,10 @@ class LocalCluster:
         self._add(ETCD, ETCD, self.etcd_endpoint, self._etcd_argv(etcd_port, peer_port))
         for i in range(1, shards + 1):
             self._add_python(f"shard-{i}", LEDGER_NODE, port(NODE_PORT_OFFSET, i - 1), "--shard-id")
+        # Shards added later (`shardbank shard add`) come back with the cluster.
+        for added in added_shards.read(self.data_dir):
+            if added.name not in self._specs:
+                self._add(added.name, LEDGER_NODE, added.address, list(added.argv))
         for i in range(1, coordinators + 1):
             self._add_python(f"coord-{i}", COORDINATOR, port(COORDINATOR_PORT_OFFSET, i - 1), "--id")
         if gateway:
@@ -308,11 +312,31 @@ class LocalCluster:
                 process.wait(self.stop_timeout_s)
         self._write_state()
 
+    def add_shard(self) -> str:
+        """Start one more ledger node (the next shard-N), recorded so that a
+        restart brings it back; owns no slots until moves give it some."""
+        client = meta.connect(self.etcd_endpoint)
+        try:
+            known = set(meta.list_shards(client)) | set(self.names(LEDGER_NODE))
+        finally:
+            client.close()
+        name = added_shards.next_name(self.data_dir, known)
+        address = f"127.0.0.1:{processes.free_ports(1)[0]}"
+        argv = added_shards.node_argv(self.data_dir, name, address, self.etcd_endpoint, self.python)
+        self._add(name, LEDGER_NODE, address, argv)
+        recorded = [s for s in added_shards.read(self.data_dir) if s.name != name]
+        added_shards.write(self.data_dir, [*recorded, added_shards.AddedShard(name, address, tuple(argv))])
+        self.start_component(name)
+        return name
+
     def stop(self) -> None:
         """SIGTERM every child, gateway first and etcd last; SIGKILL what is
-        still running after stop_timeout_s per group. Safe to call twice."""
+        still running after stop_timeout_s per group. Safe to call twice.
+        Nodes that `shardbank shard add` started from another shell stop too."""
         try:
             for kind in reversed(KIND_ORDER):
+                if kind == LEDGER_NODE:
+                    added_shards.stop_recorded(self.data_dir)
                 self._stop_group([n for n in self.names(kind) if n in self._processes])
         finally:
             if self._processes:

@@ -58,7 +58,8 @@ def classify(leg: ledger_pb2.Leg) -> Answer:
     "this is not your leg" win over the state the node may echo."""
     code, reason = int(leg.code), leg.reason
     message = leg.transfer.message or reason
-    if reason in (errors.SLOT_MOVED, errors.SLOT_MOVING):
+    unrecorded = leg.state in (ledger_pb2.LEG_STATE_UNSPECIFIED, ledger_pb2.LEG_STATE_UNKNOWN)
+    if unrecorded and reason in (errors.SLOT_MOVED, errors.SLOT_MOVING):
         return Answer(Vote.SLOT_MOVED, code, reason, message)
     if reason == errors.TRANSFER_ID_CONFLICT or code == CODE_ALREADY_EXISTS:
         return Answer(
@@ -169,7 +170,9 @@ def verdict_of_decide(asked: Plan, leg: ledger_pb2.Leg) -> Verdict:
             ledger_pb2.LEG_STATE_ABORTED,
         )
     ):
-        return Verdict(Truth.ABORTED, CODE_ABORTED, errors.SLOT_MOVED, "settled on one shard before a move")
+        return Verdict(
+            Truth.ABORTED, CODE_ABORTED, errors.SETTLED_SINGLE_SHARD, "settled on one shard before a move"
+        )
     if leg.state == ledger_pb2.LEG_STATE_COMMITTED:
         return Verdict(Truth.COMMITTED)
     if leg.state == ledger_pb2.LEG_STATE_ABORTED:

@@ -294,7 +294,7 @@ class TwoPhaseCommit:
             if leg.debit.single_shard:
                 # Settled on one shard before a move: this credit leg is no part of it.
                 verdict = decisions.Verdict(
-                    decisions.Truth.ABORTED, decisions.CODE_ABORTED, errors.SLOT_MOVED
+                    decisions.Truth.ABORTED, decisions.CODE_ABORTED, errors.SETTLED_SINGLE_SHARD
                 )
             if decisions.finish_contradicts(leg.credit, verdict):
                 log.error(

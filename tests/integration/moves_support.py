@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 
@@ -140,7 +141,7 @@ def check_no_loss_no_double(client: BankClient, ledger: Ledger, accounts: list[i
             raise AssertionError(f"{transfer_id}: {outcome} not found ({exc})") from None
         assert found.status == outcome.status, (transfer_id, outcome, found)
         (replayed,) = client.submit_transfers([ledger.bodies[transfer_id]])
-        assert replayed.status == outcome.status, transfer_id
+        assert replayed.status == outcome.status, (transfer_id, outcome, replayed)
         assert replayed.reason == outcome.reason, transfer_id
 
 
@@ -163,3 +164,14 @@ def read_move(cluster: LocalCluster, move_id: str) -> Move | None:
 
 def slots_of(accounts: list[int]) -> list[int]:
     return sorted({slot_of(a) for a in accounts})
+
+
+@contextmanager
+def own_cluster(data_dir: Path) -> Iterator[LocalCluster]:
+    """A cluster of a test's own (2 shards, 2 coordinators), stopped at the end."""
+    local = LocalCluster(data_dir, shards=2, coordinators=2)
+    try:
+        local.start()
+        yield local
+    finally:
+        local.stop()

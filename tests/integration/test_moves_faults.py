@@ -32,12 +32,8 @@ RESTART_AFTER_S = 1.0
 @pytest.fixture
 def slow_mover_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalCluster]:
     monkeypatch.setenv(mover.STEP_PAUSE_ENV, str(STEP_PAUSE_MS))
-    local = LocalCluster(tmp_path / "cluster", shards=2, coordinators=2)
-    try:
-        local.start()
+    with moves_support.own_cluster(tmp_path / "cluster") as local:
         yield local
-    finally:
-        local.stop()
 
 
 def _wait_phase(etcd: object, move_id: str, phases: set[str]) -> moves.Move:
