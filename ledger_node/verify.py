@@ -82,6 +82,7 @@ class ShardReport:
     # (currency, balance) of each customer account, so that an account on two
     # shards mid-move is counted once in the books.
     staged: set[int] = field(default_factory=set)
+    fenced: set[int] = field(default_factory=set)
     customer_balances: dict[int, tuple[str, int]] = field(default_factory=dict)
 
 
@@ -280,6 +281,7 @@ def verify_shard(path: Path, name: str) -> ShardReport:
     store = Store(str(path), read_only=True)
     try:
         report.staged = slot_data.decode_slots(store.get(keys.META_STAGED))
+        report.fenced = slot_data.decode_slots(store.get(keys.META_FENCED))
         replayed, states = _walk_journal(store, report)
         _check_accounts(store, replayed, report)
         _check_records(store, states, report)
@@ -309,18 +311,23 @@ def check_books(reports: list[ShardReport]) -> dict[str, int]:
 
 
 def _customer_balances(reports: list[ShardReport]) -> dict[int, tuple[str, int]]:
-    """Each customer account once. Mid-move an account is on two shards: the
-    staged copy is not counted; two unstaged copies (after the flip, before
-    the source released its own) must agree, since the source was fenced."""
+    """Each customer account once. Mid-move an account is on two shards: a
+    staged copy (target, before the flip) is never counted; a fenced one
+    (source) only while the target's copy is still staged. Two copies that
+    both count are corruption."""
     chosen: dict[int, tuple[str, int]] = {}
+    fenced: dict[int, tuple[str, int]] = {}
     for report in reports:
         for account_id, value in report.customer_balances.items():
             if slot_data.in_slots(account_id, report.staged):
                 continue
-            if account_id in chosen and chosen[account_id] != value:
-                raise Corrupt(report.name, f"account {account_id}", "on two shards with different balances")
+            if slot_data.in_slots(account_id, report.fenced):
+                fenced[account_id] = value
+                continue
+            if account_id in chosen:
+                raise Corrupt(report.name, f"account {account_id}", "counted on two shards")
             chosen[account_id] = value
-    return chosen
+    return {**fenced, **chosen}
 
 
 def find_shards(data_dir: Path) -> list[tuple[str, Path]]:
