@@ -312,23 +312,6 @@ class LocalCluster:
                 process.wait(self.stop_timeout_s)
         self._write_state()
 
-    def add_shard(self) -> str:
-        """Start one more ledger node (the next shard-N), recorded so that a
-        restart brings it back; owns no slots until moves give it some."""
-        client = meta.connect(self.etcd_endpoint)
-        try:
-            known = set(meta.list_shards(client)) | set(self.names(LEDGER_NODE))
-        finally:
-            client.close()
-        name = added_shards.next_name(self.data_dir, known)
-        address = f"127.0.0.1:{processes.free_ports(1)[0]}"
-        argv = added_shards.node_argv(self.data_dir, name, address, self.etcd_endpoint, self.python)
-        self._add(name, LEDGER_NODE, address, argv)
-        recorded = [s for s in added_shards.read(self.data_dir) if s.name != name]
-        added_shards.write(self.data_dir, [*recorded, added_shards.AddedShard(name, address, tuple(argv))])
-        self.start_component(name)
-        return name
-
     def stop(self) -> None:
         """SIGTERM every child, gateway first and etcd last; SIGKILL what is
         still running after stop_timeout_s per group. Safe to call twice.
