@@ -356,6 +356,23 @@ def _slot_moved(account_id: int) -> BankError:
     return BankError(grpc.StatusCode.ABORTED, errors.SLOT_MOVED, f"account {account_id} is not on this shard")
 
 
+def _malformed_import(request: ledger_pb2.ImportSlotsRequest) -> BankError | None:
+    """What an import must be before anything is applied: a broken account or
+    id in it is refused whole (INVALID_ARGUMENT), never a crash mid-drain."""
+    try:
+        for account in request.accounts:
+            check_account_invariants(AccountState.from_proto(account))
+        for record in request.records:
+            ids.normalize_transfer_id(record.transfer.id)
+            if record.state not in (PREPARED, COMMITTED, ABORTED):
+                raise errors.invalid(errors.INVALID_ARGUMENT, f"record {record.transfer.id} has no state")
+    except InvariantViolation as broken:
+        return errors.invalid(errors.INVALID_ARGUMENT, f"imported account breaks a rule: {broken}")
+    except BankError as error:
+        return error
+    return None
+
+
 def _single(role: int) -> int:
     """The role a single-shard record under this 2PC role's key has: 0 under
     t/ (the record holder's key), none under l/."""
@@ -1218,7 +1235,7 @@ class Ledger:
         named += [slot_data.record_account(r) for r in request.records]
         if any(not slot_data.in_slots(account_id, self.staged) for account_id in named):
             return errors.precondition(errors.SLOT_NOT_STAGED, "an item is outside the slots staged here")
-        conflict = self._import_conflict(request.records)
+        conflict = _malformed_import(request) or self._import_conflict(request.records)
         if conflict is not None:
             return conflict
         for account in request.accounts:

@@ -128,3 +128,21 @@ def test_an_import_never_overwrites_a_record_of_its_own() -> None:
 def test_slot_sets_round_trip() -> None:
     assert decode_slots(encode_slots({4095, 0, 7})) == {0, 7, 4095}
     assert decode_slots(None) == set()
+
+
+def test_a_malformed_import_is_refused_whole_and_changes_nothing() -> None:
+    source = MemoryLedger()
+    a = opened(source, 700)
+    target = MemoryLedger("shard-2", owned=lambda _account_id: False)
+    mark(target, [slot_of(a)], ledger_pb2.SLOT_MARK_STAGED)
+    seq = target.ledger.journal_seq
+    broken = _exported(source, a)
+    broken.accounts[0].held = broken.accounts[0].balance + 1  # more held than there is
+    (refused,) = target.apply(broken)
+    assert isinstance(refused, errors.BankError) and refused.code == grpc.StatusCode.INVALID_ARGUMENT
+    bad_id = _exported(source, a)
+    bad_id.records[0].transfer.id = "not-a-uuid"
+    (refused,) = target.apply(bad_id)
+    assert isinstance(refused, errors.BankError) and refused.reason == errors.INVALID_TRANSFER_ID
+    assert a not in target.ledger.accounts
+    assert target.ledger.journal_seq == seq
