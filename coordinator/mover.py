@@ -335,6 +335,7 @@ class Mover:
             checkpoint.records_imported += len(page.records)
         checkpoint.history_imported += len(page.history)
         request = ledger_pb2.ImportSlotsRequest(
+            epoch=self._leadership.epoch,
             move_id=move.move_id,
             slots=move.slots,
             accounts=page.accounts,
@@ -356,13 +357,19 @@ class Mover:
     async def _mark(
         self, shard_id: str, move: Move, mark: ledger_pb2.SlotMark.ValueType
     ) -> ledger_pb2.MarkSlotsResponse:
-        request = ledger_pb2.MarkSlotsRequest(move_id=move.move_id, slots=move.slots, mark=mark)
+        request = ledger_pb2.MarkSlotsRequest(
+            epoch=self._leadership.epoch, move_id=move.move_id, slots=move.slots, mark=mark
+        )
         response: ledger_pb2.MarkSlotsResponse = await self._call(shard_id, "MarkSlots", request)
         return response
 
     async def _release(self, shard_id: str, move: Move, slot_map_version: int) -> None:
         request = ledger_pb2.ReleaseSlotsRequest(
-            move_id=move.move_id, slots=move.slots, slot_map_version=slot_map_version, limit=PAGE_ITEMS
+            epoch=self._leadership.epoch,
+            move_id=move.move_id,
+            slots=move.slots,
+            slot_map_version=slot_map_version,
+            limit=PAGE_ITEMS,
         )
         while not (await self._call(shard_id, "ReleaseSlots", request, PAGE_CALL_S)).done:
             pass
@@ -382,6 +389,9 @@ class Mover:
             raise Retry(f"{shard_id} is not registered (down?)") from None
         except grpc.RpcError as rpc_error:
             error = errors.from_rpc_error(rpc_error)
+        if error.reason == errors.STALE_EPOCH:  # a newer leader has acted on this node
+            self._leadership.step_down(f"{method} at {shard_id}: STALE_EPOCH")
+            raise Deposed()
         if error.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
                           grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED):  # fmt: skip
             raise Retry(f"{method} at {shard_id}: {error.code.name} {error.reason}")

@@ -377,6 +377,7 @@ class LedgerNodeServicer(ledger_pb2_grpc.LedgerNodeServicer):
         elif owned - self._ledger.staged:
             raise errors.precondition(errors.SLOT_NOT_STAGED, "slots owned here are not staged copies")
         plan = slot_export.release_plan(self._store, self._ledger, request.move_id, chosen, request.limit)
+        plan.epoch = request.epoch
         response = await self._writer.submit(plan)
         if not isinstance(response, ledger_pb2.ReleaseSlotsResponse):
             raise response if isinstance(response, BankError) else TypeError("release answered oddly")

@@ -57,6 +57,8 @@ class ReleasePlan:
     history_keys: list[bytes] = field(default_factory=list)
     # Nothing of the slots is left after this: clear their marks too.
     done: bool = False
+    # The mover's epoch (see ImportSlotsRequest.epoch).
+    epoch: int = 0
 
     @property
     def items(self) -> list[object]:

@@ -1187,6 +1187,9 @@ class Ledger:
 
     def _mark(self, request: ledger_pb2.MarkSlotsRequest) -> Response:
         """FENCED (source), STAGED (target) or NONE; durable with the drain."""
+        fence = self._fence(request.epoch, 1)
+        if fence is not None:
+            return fence
         chosen = set(request.slots)
         if not chosen or any(slot >= slots.SLOT_COUNT for slot in chosen):
             return errors.invalid(errors.INVALID_ARGUMENT, f"slots must be 0..{slots.SLOT_COUNT - 1}")
@@ -1222,6 +1225,9 @@ class Ledger:
     def _import(self, request: ledger_pb2.ImportSlotsRequest, now_ms: int) -> Response:
         """Copies from the source into STAGED slots, journaled so that replay
         rebuilds them, with the move's checkpoint in the same write."""
+        fence = self._fence(request.epoch, 1)
+        if fence is not None:
+            return fence
         count = len(request.accounts) + len(request.records) + len(request.history)
         if count > limits.BATCH_ITEMS_MAX:
             return errors.BankError(
@@ -1319,6 +1325,9 @@ class Ledger:
 
     def _release(self, plan: ReleasePlan, now_ms: int) -> Response:
         """Drop what a ReleaseSlots scan chose, journaled (verify stays whole)."""
+        fence = self._fence(plan.epoch, 1)
+        if fence is not None:
+            return fence
         released_accounts = released_records = 0
         for account_id in plan.accounts:
             account = self.accounts.pop(account_id, None)

@@ -26,7 +26,7 @@ def opened(node: MemoryLedger, amount: int) -> int:
 
 
 def mark(node: MemoryLedger, slots: list[int], what: int, move_id: str = "mv-000000000001") -> object:
-    (response,) = node.apply(ledger_pb2.MarkSlotsRequest(move_id=move_id, slots=slots, mark=what))  # type: ignore[arg-type]
+    (response,) = node.apply(ledger_pb2.MarkSlotsRequest(epoch=1, move_id=move_id, slots=slots, mark=what))  # type: ignore[arg-type]
     return response
 
 
@@ -70,6 +70,7 @@ def _exported(source: MemoryLedger, account_id: int) -> ledger_pb2.ImportSlotsRe
     ]
     move_id = "mv-000000000001"
     return ledger_pb2.ImportSlotsRequest(
+        epoch=1,
         move_id=move_id,
         slots=[slot_of(account_id)],
         accounts=[source.ledger.accounts[account_id].to_proto(with_available=False)],
@@ -100,7 +101,7 @@ def test_import_lands_only_in_staged_slots_and_release_drops_it() -> None:
     record_keys = [k for k in target.kv if k.startswith(keys.TRANSFER)]
     history_keys = [k for k in target.kv if k.startswith(keys.HISTORY)]
     (released,) = target.apply(
-        ReleasePlan("mv-000000000001", {slot_of(a)}, [a], record_keys, history_keys, done=True)
+        ReleasePlan("mv-000000000001", {slot_of(a)}, [a], record_keys, history_keys, done=True, epoch=1)
     )
     assert isinstance(released, ledger_pb2.ReleaseSlotsResponse)
     assert (released.accounts, released.records, released.done) == (1, len(record_keys), True)
@@ -146,3 +147,20 @@ def test_a_malformed_import_is_refused_whole_and_changes_nothing() -> None:
     assert isinstance(refused, errors.BankError) and refused.reason == errors.INVALID_TRANSFER_ID
     assert a not in target.ledger.accounts
     assert target.ledger.journal_seq == seq
+
+
+def test_a_deposed_mover_is_refused_stale_epoch() -> None:
+    node = MemoryLedger()
+    a = opened(node, 10)
+    (newer,) = node.apply(
+        ledger_pb2.MarkSlotsRequest(epoch=7, slots=[slot_of(a)], mark=ledger_pb2.SLOT_MARK_FENCED)
+    )
+    assert isinstance(newer, ledger_pb2.MarkSlotsResponse)
+    for stale in (
+        ledger_pb2.MarkSlotsRequest(epoch=6, slots=[slot_of(a)], mark=ledger_pb2.SLOT_MARK_NONE),
+        ReleasePlan("mv-000000000001", {slot_of(a)}, [a], done=True, epoch=6),
+    ):
+        (refused,) = node.apply(stale)
+        assert isinstance(refused, errors.BankError) and refused.reason == errors.STALE_EPOCH
+    assert node.ledger.fenced == {slot_of(a)}
+    assert a in node.ledger.accounts

@@ -68,8 +68,11 @@ def test_books_balance_and_journals_replay_at_every_stop_of_a_move(tmp_path: Pat
     checkpoint = ledger_pb2.ImportCheckpoint(
         move_id=MOVE_ID, copy_done=True, watermark_seq=page.watermark_seq
     )
-    stage = ledger_pb2.MarkSlotsRequest(move_id=MOVE_ID, slots=slots, mark=ledger_pb2.SLOT_MARK_STAGED)
+    stage = ledger_pb2.MarkSlotsRequest(
+        epoch=1, move_id=MOVE_ID, slots=slots, mark=ledger_pb2.SLOT_MARK_STAGED
+    )
     imported = ledger_pb2.ImportSlotsRequest(
+        epoch=1,
         move_id=MOVE_ID,
         slots=slots,
         accounts=page.accounts,
@@ -80,9 +83,13 @@ def test_books_balance_and_journals_replay_at_every_stop_of_a_move(tmp_path: Pat
     apply(target, "shard-2", stage, imported)
     assert verify.main(["--data-dir", data_dir]) == 0  # the staged copy is not counted
 
-    fence = ledger_pb2.MarkSlotsRequest(move_id=MOVE_ID, slots=slots, mark=ledger_pb2.SLOT_MARK_FENCED)
+    fence = ledger_pb2.MarkSlotsRequest(
+        epoch=1, move_id=MOVE_ID, slots=slots, mark=ledger_pb2.SLOT_MARK_FENCED
+    )
     apply(source, "shard-1", fence)
-    activate = ledger_pb2.MarkSlotsRequest(move_id=MOVE_ID, slots=slots, mark=ledger_pb2.SLOT_MARK_NONE)
+    activate = ledger_pb2.MarkSlotsRequest(
+        epoch=1, move_id=MOVE_ID, slots=slots, mark=ledger_pb2.SLOT_MARK_NONE
+    )
     apply(target, "shard-2", activate)
     assert verify.main(["--data-dir", data_dir]) == 0  # the fenced original is not counted
 
@@ -90,6 +97,7 @@ def test_books_balance_and_journals_replay_at_every_stop_of_a_move(tmp_path: Pat
         source, "shard-1", lambda s, led: slot_export.release_plan(s, led, MOVE_ID, set(slots), 100)
     )
     assert plan.done and plan.accounts == [mover.id]
+    plan.epoch = 1
     apply(source, "shard-1", plan)
     assert verify.main(["--data-dir", data_dir]) == 0
     digest = on_shard(target, "shard-2", lambda s, led: slot_export.digest(s, led, set(slots)))
