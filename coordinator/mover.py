@@ -150,7 +150,7 @@ class Mover:
                     raise
                 log.error("move_failed", move_id=move.move_id, phase=move.phase, reason=exc.reason)
                 moved = move.advance(moves.ROLLING_BACK, error=f"{exc.reason}: {exc.message}"[:500])
-            if moved.phase != move.phase or moved != move:
+            if moved.phase != move.phase:
                 log.info(
                     "move_phase",
                     move_id=move.move_id,
