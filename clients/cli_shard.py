@@ -19,6 +19,7 @@ import argparse
 import getpass
 import json
 import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -216,7 +217,7 @@ def _follow(args: argparse.Namespace, client: etcd3.Etcd3Client, requested: list
         return 0
     failed = False
     for move in requested:
-        done = _watch(client, move, args.wait_s, show=not args.json)
+        done = _watch(client, move, args.wait_s, show=not args.json and sys.stdout.isatty())
         _print_move(args, done)
         undone = done.phase == moves.ROLLED_BACK and done.rollback_requested
         failed |= done.phase != moves.COMPLETED and not undone
