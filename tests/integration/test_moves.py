@@ -117,7 +117,8 @@ def test_unsafe_requests_are_refused(moving_cluster: LocalCluster) -> None:
             with pytest.raises(errors.BankError) as refused:
                 shard_ops.request_move(client, slots, target, actor="test")
             assert refused.value.reason == reason
-        assert all(m.terminal for m in shard_ops.cluster_view(client).active) or True
+        # Nothing was stored for a refused request.
+        assert shard_ops.cluster_view(client).active == ()
     finally:
         client.close()
 
