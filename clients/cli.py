@@ -21,7 +21,7 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from clients import cli_auth, cli_cluster, cli_report, cli_risk, render
+from clients import cli_auth, cli_cluster, cli_report, cli_risk, cli_shard, render
 from clients.channel import default_target
 from clients.client import BankClient
 from clients.messages import ACCOUNT_TYPES, ID_TYPES
@@ -261,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_auth.add_commands(commands, common)
     cli_report.add_commands(commands, common)
     cli_risk.add_commands(commands, common)
+    cli_shard.add_commands(commands, common)
     _add_account(commands, common)
     for name, verb in (("deposit", "cash in"), ("withdraw", "cash out")):
         sub = commands.add_parser(name, parents=[common], help=verb)

@@ -78,6 +78,9 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     chaos.add_argument("--clients", type=int, default=8)
     chaos.add_argument("--seed", type=int, default=1)
     chaos.add_argument("--data-dir", default="", help="default: a fresh temporary directory")
+    chaos.add_argument(
+        "--moves", action="store_true", help="also move slots back and forth, killing sources and targets"
+    )
     chaos.set_defaults(handler=cmd_chaos)
     bench.add_arguments(
         commands.add_parser("bench", parents=[common], help="transfers/s and latency vs PostgreSQL")
@@ -250,6 +253,7 @@ def cmd_chaos(args: argparse.Namespace) -> int:
             accounts=args.accounts,
             clients=args.clients,
             seed=args.seed,
+            moves=args.moves,
         )
     )
     print(report.summary(), flush=True)

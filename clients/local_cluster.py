@@ -45,7 +45,7 @@ from types import TracebackType
 
 import grpc
 
-from clients import health, processes
+from clients import added_shards, health, processes
 from clients.cluster_state import ClusterState, ComponentRecord, read_state, running, write_state
 from clients.errors import ShardbankError
 from shardbank import meta, service_auth
@@ -180,6 +180,10 @@ class LocalCluster:
                 f"shard-{i}", LEDGER_NODE, port(NODE_PORT_OFFSET, i - 1), "--shard-id",
                 metrics_port(NODE_METRICS_PORT_OFFSET, i - 1),
             )  # fmt: skip
+        # Shards added later (`shardbank shard add`) come back with the cluster.
+        for added in added_shards.read(self.data_dir):
+            if added.name not in self._specs:
+                self._add(added.name, LEDGER_NODE, added.address, list(added.argv))
         for i in range(1, coordinators + 1):
             self._add_python(
                 f"coord-{i}", COORDINATOR, port(COORDINATOR_PORT_OFFSET, i - 1), "--id",
@@ -384,9 +388,12 @@ class LocalCluster:
 
     def stop(self) -> None:
         """SIGTERM every child, gateway first and etcd last; SIGKILL what is
-        still running after stop_timeout_s per group. Safe to call twice."""
+        still running after stop_timeout_s per group. Safe to call twice.
+        Nodes that `shardbank shard add` started from another shell stop too."""
         try:
             for kind in reversed(KIND_ORDER):
+                if kind == LEDGER_NODE:
+                    added_shards.stop_recorded(self.data_dir)
                 self._stop_group([n for n in self.names(kind) if n in self._processes])
         finally:
             if self._processes:

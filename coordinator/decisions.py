@@ -47,6 +47,10 @@ class Answer:
     code: int = OK
     reason: str = ""
     message: str = ""
+    # The record holder holds a single-shard record of this id (the transfer
+    # was settled on one shard before a slot move made it cross-shard): its
+    # state is the outcome, and any credit leg of this id is aborted.
+    single_shard: bool = False
 
 
 def classify(leg: ledger_pb2.Leg) -> Answer:
@@ -54,12 +58,21 @@ def classify(leg: ledger_pb2.Leg) -> Answer:
     "this is not your leg" win over the state the node may echo."""
     code, reason = int(leg.code), leg.reason
     message = leg.transfer.message or reason
-    if reason == errors.SLOT_MOVED:
+    unrecorded = leg.state in (ledger_pb2.LEG_STATE_UNSPECIFIED, ledger_pb2.LEG_STATE_UNKNOWN)
+    if unrecorded and reason in (errors.SLOT_MOVED, errors.SLOT_MOVING):
         return Answer(Vote.SLOT_MOVED, code, reason, message)
     if reason == errors.TRANSFER_ID_CONFLICT or code == CODE_ALREADY_EXISTS:
         return Answer(
             Vote.CONFLICT, code or CODE_ALREADY_EXISTS, reason or errors.TRANSFER_ID_CONFLICT, message
         )
+    if leg.role == types_pb2.LEG_ROLE_UNSPECIFIED and leg.state in (
+        ledger_pb2.LEG_STATE_COMMITTED,
+        ledger_pb2.LEG_STATE_ABORTED,
+    ):
+        if leg.state == ledger_pb2.LEG_STATE_COMMITTED:
+            return Answer(Vote.COMMITTED, single_shard=True)
+        abort_code, abort_reason = refusal_of(leg)
+        return Answer(Vote.ABORTED, abort_code, abort_reason, leg.transfer.message, single_shard=True)
     if leg.state == ledger_pb2.LEG_STATE_PREPARED:
         return Answer(Vote.PREPARED)
     if leg.state == ledger_pb2.LEG_STATE_COMMITTED:
@@ -144,7 +157,22 @@ class Verdict:
 
 def verdict_of_decide(asked: Plan, leg: ledger_pb2.Leg) -> Verdict:
     """Read a Decide answer: done as asked, or CONTRADICTORY_DECISION with the
-    actual state (follow it), or something that leaves the outcome unknown."""
+    actual state (follow it), or something that leaves the outcome unknown.
+
+    A single-shard record (role 0; see Answer.single_shard) is not a 2PC
+    decision: the credit leg asked about is no part of it and is aborted."""
+    if (
+        leg.role == types_pb2.LEG_ROLE_UNSPECIFIED
+        and leg.code == OK
+        and leg.state
+        in (
+            ledger_pb2.LEG_STATE_COMMITTED,
+            ledger_pb2.LEG_STATE_ABORTED,
+        )
+    ):
+        return Verdict(
+            Truth.ABORTED, CODE_ABORTED, errors.SETTLED_SINGLE_SHARD, "settled on one shard before a move"
+        )
     if leg.state == ledger_pb2.LEG_STATE_COMMITTED:
         return Verdict(Truth.COMMITTED)
     if leg.state == ledger_pb2.LEG_STATE_ABORTED:

@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 
 from coordinator import decisions, validate
 from coordinator.election import Election, LeaderView
+from coordinator.mover import Mover
 from coordinator.recovery import PREPARE_TIMEOUT_MS_DEFAULT, Recovery
 from coordinator.review import Review
 from coordinator.shards import Deadlines, Shards
@@ -200,6 +201,7 @@ class CoordinatorApp:
         self.twopc = TwoPhaseCommit(self.shards, self.election)
         self.recovery = Recovery(self.shards, self.election, config.prepare_timeout_ms)
         self.review = Review(self.shards, self.election)
+        self.mover = Mover(config.etcd, self.directory, self.election, config.coordinator_id)
         self.health = health.aio.HealthServicer()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -229,6 +231,7 @@ class CoordinatorApp:
             asyncio.create_task(self._start_directory(), name="directory"),
             asyncio.create_task(self.twopc.run(), name="twopc"),
             asyncio.create_task(self.recovery.run(), name="recovery"),
+            asyncio.create_task(self._run_mover(), name="mover"),
             asyncio.create_task(self._watch_leadership(), name="leadership"),
         ]
         await asyncio.to_thread(self.election.start)
@@ -269,6 +272,12 @@ class CoordinatorApp:
             await asyncio.sleep(meta.POLL_INTERVAL_S)
         await self.directory.start()
         log.info("directory_ready", shards=self.directory.shard_ids())
+
+    async def _run_mover(self) -> None:
+        """Moves need the directory (stubs to the nodes): wait until it is up."""
+        while not self.directory.shard_ids():
+            await asyncio.sleep(meta.POLL_INTERVAL_S)
+        await self.mover.run()
 
     def _slot_map_exists(self) -> bool:
         try:

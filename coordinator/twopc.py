@@ -331,6 +331,11 @@ class TwoPhaseCommit:
             verdict = verdicts.get(leg.transfer_id)
             if verdict is None:
                 continue
+            if leg.debit.single_shard:
+                # Settled on one shard before a move: this credit leg is no part of it.
+                verdict = decisions.Verdict(
+                    decisions.Truth.ABORTED, decisions.CODE_ABORTED, errors.SETTLED_SINGLE_SHARD
+                )
             if decisions.finish_contradicts(leg.credit, verdict):
                 log.error(
                     "invariant_credit_leg_contradicts_record",

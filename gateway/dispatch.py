@@ -118,7 +118,9 @@ async def dispatch(
         moved, unreachable = await _round(state, plan, topology, budget)
         if not state.open or round_index == attempts_max - 1:
             break
-        wait_s = backoff_s(round_index) if unreachable else 0.0
+        # A second MOVED in a row backs off too: during a slot move the node
+        # that now owns the slot may not have seen the new map yet (it polls).
+        wait_s = backoff_s(round_index) if unreachable or (moved and round_index > 0) else 0.0
         if not budget.affords(wait_s):
             break
         if moved:

@@ -14,6 +14,8 @@ journal by seq and `h/<account>` walks one account's history by seq.
     h/ + account id (8) + seq (8)         HistoryEntry proto
     m/epoch                               highest coordinator epoch seen (8)
     m/applied                             transfers applied, for NodeInfo (8)
+    m/fenced, m/staged                    slot sets of moves in progress (2 bytes a slot)
+    m/import                              ImportCheckpoint of the move staged here
 """
 
 from __future__ import annotations
@@ -30,8 +32,14 @@ JOURNAL = b"j/"
 HISTORY = b"h/"
 META_EPOCH = b"m/epoch"
 META_APPLIED = b"m/applied"
+# Slot moves: fenced and staged slots (2-byte big-endian each), the import checkpoint.
+META_FENCED = b"m/fenced"
+META_STAGED = b"m/staged"
+META_IMPORT = b"m/import"
 
 U64_BYTES = 8
+# A slot-move export cursor is one key of ours: h/ keys are the longest (18).
+CURSOR_BYTES_MAX = 64
 UUID_BYTES = 16
 _U64_PAIR = struct.Struct(">QQ")
 

@@ -31,6 +31,15 @@ STATE_OF_KIND = {
     types_pb2.JOURNAL_KIND_LEG_ABORTED: ABORTED,
 }
 SINGLE_SHARD_KINDS = (types_pb2.JOURNAL_KIND_TRANSFER_POSTED, types_pb2.JOURNAL_KIND_TRANSFER_REFUSED)
+# Slot moves (docs/moves.md): copies set an account's or record's state,
+# releases drop it.
+MOVE_KINDS = (
+    types_pb2.JOURNAL_KIND_ACCOUNT_IMPORTED,
+    types_pb2.JOURNAL_KIND_ACCOUNT_RELEASED,
+    types_pb2.JOURNAL_KIND_RECORD_IMPORTED,
+    types_pb2.JOURNAL_KIND_RECORD_RELEASED,
+    types_pb2.JOURNAL_KIND_HISTORY_IMPORTED,
+)
 
 
 class Corrupt(Exception):
@@ -100,7 +109,28 @@ class JournalReplay:
         self._replay(entry, journal_where(entry.seq))
         self.journal_seq, self.head_hash = entry.seq, stored_hash
 
+    def _replay_move(self, entry: types_pb2.JournalEntry, where: str) -> None:
+        accounts, states, shard, kind = self.accounts, self.states, self.shard, entry.kind
+        if kind == types_pb2.JOURNAL_KIND_ACCOUNT_IMPORTED:
+            account = entry.account
+            accounts[account.id] = Replayed(
+                account.currency, account.status, account.balance, account.held, account.pending_credit
+            )
+        elif kind == types_pb2.JOURNAL_KIND_ACCOUNT_RELEASED:
+            if accounts.pop(entry.account_id, None) is None:
+                raise Corrupt(shard, where, f"release of unknown account {entry.account_id}")
+        elif kind == types_pb2.JOURNAL_KIND_RECORD_IMPORTED:
+            states[(entry.role, entry.transfer.id)] = entry.leg_state
+        elif (
+            kind == types_pb2.JOURNAL_KIND_RECORD_RELEASED
+            and states.pop((entry.role, entry.transfer.id), None) is None
+        ):
+            raise Corrupt(shard, where, f"release of unknown transfer record {entry.transfer.id}")
+
     def _replay(self, entry: types_pb2.JournalEntry, where: str) -> None:
+        if entry.kind in MOVE_KINDS:
+            self._replay_move(entry, where)
+            return
         accounts, shard = self.accounts, self.shard
         if entry.kind == types_pb2.JOURNAL_KIND_ACCOUNT_OPENED:
             if entry.account.id in accounts:

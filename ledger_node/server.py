@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from ledger_node import journal, keys
+from ledger_node import journal, keys, slot_export
 from ledger_node.risk_activity import RiskActivity, history_events
 from ledger_node.state import InvariantViolation, Ledger
 from ledger_node.store import Store
@@ -73,6 +73,17 @@ class Ownership:
     def version(self) -> int:
         current = None if self._watcher is None else self._watcher.current
         return 0 if current is None else current.version
+
+    def owns_slot(self, slot: int) -> bool:
+        if self._watcher is None:
+            return True
+        current = self._watcher.current
+        return current is not None and current.owners[slot] == self._shard_id
+
+    async def refresh(self) -> None:
+        """Catch up with etcd now (a move step must not act on an old map)."""
+        if self._watcher is not None:
+            await asyncio.to_thread(self._watcher.refresh)
 
     def slots_owned(self) -> int:
         if self._watcher is None:
@@ -132,6 +143,14 @@ def _page_limit(given: int, most: int) -> int:
     if given > most:
         raise errors.invalid(errors.INVALID_PAGE_SIZE, f"limit must be 0..{most} (0 means {most})")
     return given or most
+def _slot_set(values: Any) -> set[int]:
+    """The slots of a move request: 1..SLOT_COUNT of them, each in range."""
+    chosen = {int(v) for v in values}
+    if not chosen or len(values) > slots.SLOT_COUNT or max(chosen) >= slots.SLOT_COUNT:
+        raise errors.invalid(
+            errors.INVALID_ARGUMENT, f"give 1..{slots.SLOT_COUNT} slots in 0..{slots.SLOT_COUNT - 1}"
+        )
+    return chosen
 
 
 def encode_page_token(account_id: int, before_seq: int) -> str:
@@ -304,6 +323,100 @@ class LedgerNodeServicer(ledger_pb2_grpc.LedgerNodeServicer):
         legs = self._ledger.in_doubt_legs(wall_clock_ms(), request.older_than_ms, request.limit)
         return ledger_pb2.LegsResponse(legs=legs)
 
+    # ------------------------------------------------------------------ slot moves (docs/moves.md)
+
+    @_guard
+    async def ExportSlots(
+        self, request: ledger_pb2.ExportSlotsRequest, context: Context
+    ) -> ledger_pb2.ExportSlotsResponse:
+        chosen = _slot_set(request.slots)
+        limit = slot_export.page_limit(request.limit)
+        if request.catch_up:
+            return slot_export.catch_up_page(self._store, self._ledger, chosen, request.after_seq, limit)
+        if len(request.cursor) > keys.CURSOR_BYTES_MAX:
+            raise errors.invalid(errors.INVALID_PAGE_TOKEN, "cursor is too long")
+        return slot_export.full_page(
+            self._store, self._ledger, chosen, request.cursor, request.until_seq, limit
+        )
+
+    @_guard
+    async def ImportSlots(
+        self, request: ledger_pb2.ImportSlotsRequest, context: Context
+    ) -> ledger_pb2.ImportSlotsResponse:
+        _slot_set(request.slots)
+        count = len(request.accounts) + len(request.records) + len(request.history)
+        response: ledger_pb2.ImportSlotsResponse = await self._write(request, max(count, 1))
+        log.info(
+            "slots_imported",
+            move_id=request.move_id,
+            accounts=len(request.accounts),
+            records=len(request.records),
+            history=len(request.history),
+            watermark_seq=request.checkpoint.watermark_seq,
+        )
+        return response
+
+    @_guard
+    async def MarkSlots(
+        self, request: ledger_pb2.MarkSlotsRequest, context: Context
+    ) -> ledger_pb2.MarkSlotsResponse:
+        chosen = _slot_set(request.slots)
+        await self._ownership.refresh()
+        owned = {slot for slot in chosen if self._ownership.owns_slot(slot)}
+        if request.mark == ledger_pb2.SLOT_MARK_FENCED and owned != chosen:
+            raise BankError(
+                grpc.StatusCode.FAILED_PRECONDITION, errors.SLOT_MOVED, "fence only slots owned here"
+            )
+        if request.mark == ledger_pb2.SLOT_MARK_STAGED and owned:
+            raise errors.precondition(
+                errors.SLOT_STILL_OWNED, f"slot {min(owned)} is owned here: not a target"
+            )
+        response: ledger_pb2.MarkSlotsResponse = await self._write(request, 1)
+        response.in_doubt_legs = self._ledger.in_doubt_in(chosen)
+        log.info(
+            "slots_marked",
+            move_id=request.move_id,
+            mark=ledger_pb2.SlotMark.Name(request.mark) if request.mark in (0, 1, 2, 3) else request.mark,
+            slots=len(chosen),
+        )
+        return response
+
+    @_guard
+    async def ReleaseSlots(
+        self, request: ledger_pb2.ReleaseSlotsRequest, context: Context
+    ) -> ledger_pb2.ReleaseSlotsResponse:
+        chosen = _slot_set(request.slots)
+        await self._ownership.refresh()
+        owned = {slot for slot in chosen if self._ownership.owns_slot(slot)}
+        if request.slot_map_version:
+            # The source after the flip: only once our own map says the slots are gone.
+            if self._ownership.version() < request.slot_map_version or owned:
+                raise BankError(
+                    grpc.StatusCode.UNAVAILABLE, errors.SLOT_STILL_OWNED, "slot map not yet seen here; retry"
+                )
+        elif owned - self._ledger.staged:
+            raise errors.precondition(errors.SLOT_NOT_STAGED, "slots owned here are not staged copies")
+        plan = slot_export.release_plan(self._store, self._ledger, request.move_id, chosen, request.limit)
+        plan.epoch = request.epoch
+        response = await self._writer.submit(plan)
+        if not isinstance(response, ledger_pb2.ReleaseSlotsResponse):
+            raise response if isinstance(response, BankError) else TypeError("release answered oddly")
+        log.info(
+            "slots_released",
+            move_id=request.move_id,
+            accounts=response.accounts,
+            records=response.records,
+            history=response.history,
+            done=response.done,
+        )
+        return response
+
+    @_guard
+    async def DigestSlots(
+        self, request: ledger_pb2.DigestSlotsRequest, context: Context
+    ) -> ledger_pb2.SlotsDigest:
+        return slot_export.digest(self._store, self._ledger, _slot_set(request.slots))
+
     @_guard
     async def ReadJournal(
         self, request: ledger_pb2.ReadJournalRequest, context: Context
@@ -417,6 +530,9 @@ class NodeServer:
             transfers_applied=loaded.transfers_applied,
             observe=risk.index.observe,
             opened=risk.opened,
+            fenced=loaded.fenced,
+            staged=loaded.staged,
+            checkpoint=loaded.checkpoint,
         )
         self.writer = Writer(self.ledger, store, self.on_fatal)
         self.servicer = LedgerNodeServicer(

@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from ledger_node import journal, keys, records
-from shardbank import errors, identity, ids, limits, money
+from ledger_node import journal, keys, records, slot_data
+from ledger_node.slot_data import ReleasePlan
+from shardbank import errors, identity, ids, limits, money, slots
 from shardbank.errors import BankError
 from shardbank.v1 import ledger_pb2, types_pb2
 
@@ -41,8 +42,19 @@ Request = (
     | ledger_pb2.PrepareRequest
     | ledger_pb2.DecideRequest
     | ledger_pb2.FinishRequest
+    | ledger_pb2.ImportSlotsRequest
+    | ledger_pb2.MarkSlotsRequest
+    | ReleasePlan
 )
-Response = ledger_pb2.AccountsResponse | ledger_pb2.TransfersResponse | ledger_pb2.LegsResponse | BankError
+Response = (
+    ledger_pb2.AccountsResponse
+    | ledger_pb2.TransfersResponse
+    | ledger_pb2.LegsResponse
+    | ledger_pb2.ImportSlotsResponse
+    | ledger_pb2.MarkSlotsResponse
+    | ledger_pb2.ReleaseSlotsResponse
+    | BankError
+)
 
 # Status changes kept on the account record (older ones stay in the journal):
 # bounds the size of an account value that is rewritten on every posting.
@@ -347,6 +359,35 @@ def _slot_moved(account_id: int) -> BankError:
     return BankError(grpc.StatusCode.ABORTED, errors.SLOT_MOVED, f"account {account_id} is not on this shard")
 
 
+def _malformed_import(request: ledger_pb2.ImportSlotsRequest) -> BankError | None:
+    """What an import must be before anything is applied: a broken account or
+    id in it is refused whole (INVALID_ARGUMENT), never a crash mid-drain."""
+    try:
+        for account in request.accounts:
+            check_account_invariants(AccountState.from_proto(account))
+        for record in request.records:
+            ids.normalize_transfer_id(record.transfer.id)
+            if record.state not in (PREPARED, COMMITTED, ABORTED):
+                raise errors.invalid(errors.INVALID_ARGUMENT, f"record {record.transfer.id} has no state")
+    except InvariantViolation as broken:
+        return errors.invalid(errors.INVALID_ARGUMENT, f"imported account breaks a rule: {broken}")
+    except BankError as error:
+        return error
+    return None
+
+
+def _single(role: int) -> int:
+    """The role a single-shard record under this 2PC role's key has: 0 under
+    t/ (the record holder's key), none under l/."""
+    return types_pb2.LEG_ROLE_UNSPECIFIED if role == DEBIT else -1
+
+
+def _slot_moving(account_id: int) -> BankError:
+    return BankError(
+        grpc.StatusCode.UNAVAILABLE, errors.SLOT_MOVING, f"account {account_id} is moving shards: retry"
+    )
+
+
 class Ledger:
     """All accounts of one shard in memory, and the rules that change them."""
 
@@ -364,6 +405,9 @@ class Ledger:
         transfers_applied: int = 0,
         observe: Observer | None = None,
         opened: Callable[[AccountState], None] | None = None,
+        fenced: set[int] | None = None,
+        staged: set[int] | None = None,
+        checkpoint: ledger_pb2.ImportCheckpoint | None = None,
     ) -> None:
         self.shard_id = shard_id
         self.shard_index = shard_index(shard_id)
@@ -375,6 +419,11 @@ class Ledger:
         # as in doubt: its prepared_at, or a review hold's deadline.
         self.in_doubt: dict[tuple[int, str], int] = in_doubt if in_doubt is not None else {}
         self.transfers_applied = transfers_applied
+        # Slot moves (docs/moves.md): slots whose writes are refused while
+        # they move away (fenced) or that hold copies not yet ours (staged).
+        self.fenced: set[int] = fenced if fenced is not None else set()
+        self.staged: set[int] = staged if staged is not None else set()
+        self.checkpoint = checkpoint or ledger_pb2.ImportCheckpoint()
         self._reader = reader
         self._owns = owns
         # The risk activity index (shardbank.activity) follows every posting.
@@ -418,6 +467,12 @@ class Ledger:
             return ledger_pb2.TransfersResponse(
                 transfers=[self._apply_transfer(t, now_ms) for t in request.transfers]
             )
+        if isinstance(request, ledger_pb2.ImportSlotsRequest):
+            return self._import(request, now_ms)
+        if isinstance(request, ledger_pb2.MarkSlotsRequest):
+            return self._mark(request)
+        if isinstance(request, ReleasePlan):
+            return self._release(request, now_ms)
         if isinstance(request, ledger_pb2.PrepareRequest):
             fence = self._fence(request.epoch, len(request.items))
             if fence is not None:
@@ -525,6 +580,8 @@ class Ledger:
             return _account_refused(given.id, error)
         if not self._owns(given.id):
             return _account_refused(given.id, _slot_moved(given.id))
+        if self._moving(given.id):
+            return _account_refused(given.id, _slot_moving(given.id))
         holder_bytes = given.holder.SerializeToString(deterministic=True)
         existing = self.accounts.get(given.id)
         if existing is not None:
@@ -560,9 +617,15 @@ class Ledger:
         if self._opened is not None:
             self._opened(account)
         self._touch(account, now_ms)
+        self._journal_account(types_pb2.JOURNAL_KIND_ACCOUNT_OPENED, account, now_ms)
+
+    def _journal_account(
+        self, kind: types_pb2.JournalKind.ValueType, account: AccountState, now_ms: int
+    ) -> None:
+        """An entry carrying the whole account (opened, updated, imported)."""
         self._journal(
             types_pb2.JournalEntry(
-                kind=types_pb2.JOURNAL_KIND_ACCOUNT_OPENED,
+                kind=kind,
                 at_unix_ms=now_ms,
                 account=account.to_proto(with_available=False),
                 account_id=account.id,
@@ -620,19 +683,14 @@ class Ledger:
             holder.name = update.name
         account.holder_bytes = holder.SerializeToString(deterministic=True)
         self._touch(account, now_ms)
-        self._journal(
-            types_pb2.JournalEntry(
-                kind=types_pb2.JOURNAL_KIND_ACCOUNT_UPDATED,
-                at_unix_ms=now_ms,
-                account=account.to_proto(with_available=False),
-                account_id=account.id,
-            )
-        )
+        self._journal_account(types_pb2.JOURNAL_KIND_ACCOUNT_UPDATED, account, now_ms)
         return ledger_pb2.AccountResult(account=account.to_proto())
 
     def _owned_account(self, account_id: int) -> AccountState | BankError:
         if not self._owns(account_id):
             return _slot_moved(account_id)
+        if self._moving(account_id):
+            return _slot_moving(account_id)
         account = self.accounts.get(account_id)
         if account is None:
             return errors.not_found(errors.ACCOUNT_NOT_FOUND, f"no account {account_id}")
@@ -791,17 +849,26 @@ class Ledger:
         kind = transfer.kind
         if kind == DEPOSIT:
             credit = transfer.credit_account_id
-            return None if self._owns(credit) else _slot_moved(credit)
+            return self._moving_refusal(credit) if self._owns(credit) else _slot_moved(credit)
         debit = transfer.debit_account_id
         debit_owned = self._owns(debit)
         if kind == WITHDRAWAL:
-            return None if debit_owned else _slot_moved(debit)
-        credit_owned = self._owns(transfer.credit_account_id)
+            return self._moving_refusal(debit) if debit_owned else _slot_moved(debit)
+        credit = transfer.credit_account_id
+        credit_owned = self._owns(credit)
         if not debit_owned and not credit_owned:
             return _slot_moved(debit)
         if not (debit_owned and credit_owned):
             return errors.precondition(errors.CROSS_SHARD, "debit and credit are on different shards")
-        return None
+        return self._moving_refusal(debit) or self._moving_refusal(credit)
+
+    def _moving(self, account_id: int) -> bool:
+        """Is the account in a slot being moved (fenced here or only staged)?"""
+        marked = self.fenced or self.staged
+        return bool(marked) and slot_data.in_slots(account_id, self.fenced | self.staged)
+
+    def _moving_refusal(self, account_id: int) -> BankError | None:
+        return _slot_moving(account_id) if self._moving(account_id) else None
 
     def _block_routing_refusal(self, transfer: types_pb2.Transfer) -> BankError | None:
         """A transfer the gateway blocked is recorded (ABORTED, nothing moves)
@@ -902,19 +969,19 @@ class Ledger:
         key = keys.transfer_key(transfer.id) if role == DEBIT else keys.leg_key(transfer.id)
         record = self._read_leg(key)
         if record is not None:
-            # A record of another role (a single-shard transfer under this id)
-            # is a conflict, never a state to follow: following a COMMITTED
-            # single-shard record would credit the other shard a second time.
-            if _blocked_record(record, role) and _same_body(record.transfer, transfer):
-                # Blocked by risk control at an earlier try: that refusal is
-                # this id's outcome, whatever the gateway decides now.
-                return _leg_out(ledger_pb2.Leg(transfer=record.transfer, role=DEBIT, state=ABORTED))
-            if record.role != role or not _same_body(record.transfer, transfer):
+            # A single-shard record under this id (role 0) with the same body:
+            # the transfer was settled here before a slot move made it
+            # cross-shard. Its answer keeps role 0, which tells the
+            # coordinator to follow it and ABORT the credit leg (finishing
+            # that leg with COMMIT would credit a second time).
+            if not _same_body(record.transfer, transfer) or record.role not in (role, _single(role)):
                 return _leg_refused(item.transfer, role, _id_conflict())
             return _leg_out(record)
         account_id = transfer.debit_account_id if role == DEBIT else transfer.credit_account_id
         if not self._owns(account_id):
             return _leg_refused(transfer, role, _slot_moved(account_id))
+        if self._moving(account_id):
+            return _leg_refused(transfer, role, _slot_moving(account_id))
         if role == DEBIT:
             refusal = self._debit_refusal(account_id, transfer)
         else:
@@ -986,10 +1053,12 @@ class Ledger:
         record = self._read_leg(key)
         if record is None:
             return self._resolve_unknown(item, role, transfer_id, body, epoch, now_ms)
-        if _blocked_record(record, role):
-            record = ledger_pb2.Leg(transfer=record.transfer, role=DEBIT, state=ABORTED)
-        if record.role != role or (body is not None and not _same_body(record.transfer, body)):
+        if record.role not in (role, _single(role)) or (
+            body is not None and not _same_body(record.transfer, body)
+        ):
             return _leg_refused(given, role, _id_conflict())
+        if record.role != role:  # settled single-shard (see _prepare): its state, unchanged
+            return _leg_out(record, done=True)
         wanted = COMMITTED if item.decision == COMMIT else ABORTED
         if record.state == wanted:
             return _leg_out(record, done=True)
@@ -1025,6 +1094,8 @@ class Ledger:
             account_id = body.debit_account_id if role == DEBIT else body.credit_account_id
             if not self._owns(account_id):
                 return _leg_refused(given, role, _slot_moved(account_id))
+            if self._moving(account_id):
+                return _leg_refused(given, role, _slot_moving(account_id))
         tombstone = types_pb2.Transfer()
         tombstone.CopyFrom(given)
         tombstone.status = types_pb2.TRANSFER_STATUS_ABORTED
@@ -1093,6 +1164,8 @@ class Ledger:
     def get_account(self, account_id: int) -> ledger_pb2.AccountResult:
         if ids.is_customer_account_id(account_id) and not self._owns(account_id):
             return _account_refused(account_id, _slot_moved(account_id))
+        if self.staged and slot_data.in_slots(account_id, self.staged):
+            return _account_refused(account_id, _slot_moving(account_id))
         account = self.accounts.get(account_id)
         if account is None:
             return _account_refused(
@@ -1140,8 +1213,225 @@ class Ledger:
                 raise InvariantViolation(f"in-doubt index names missing leg {transfer_id}")
             record = ledger_pb2.Leg.FromString(value)
             invariant(record.state == PREPARED, f"in-doubt index names settled leg {transfer_id}")
+            if self._is_copy(record):
+                continue  # a staged copy: the source resolves the original
             legs.append(record)
         return legs
+
+    def _is_copy(self, record: ledger_pb2.Leg) -> bool:
+        account_id = slot_data.record_account(record)
+        return not self._owns(account_id) or slot_data.in_slots(account_id, self.staged)
+
+    def in_doubt_in(self, slot_set: set[int]) -> int:
+        """PREPARED records and legs of accounts in `slot_set` (a move waits for 0)."""
+        count = 0
+        for role, transfer_id in self.in_doubt:
+            key = keys.transfer_key(transfer_id) if role == DEBIT else keys.leg_key(transfer_id)
+            value = self._reader(key)
+            if value is None:
+                raise InvariantViolation(f"in-doubt index names missing leg {transfer_id}")
+            count += slot_data.in_slots(slot_data.record_account(ledger_pb2.Leg.FromString(value)), slot_set)
+        return count
+
+    # ------------------------------------------------------------------ slot moves (docs/moves.md)
+
+    def _mark(self, request: ledger_pb2.MarkSlotsRequest) -> Response:
+        """FENCED (source), STAGED (target) or NONE; durable with the drain."""
+        fence = self._fence(request.epoch, 1)
+        if fence is not None:
+            return fence
+        chosen = set(request.slots)
+        if not chosen or any(slot >= slots.SLOT_COUNT for slot in chosen):
+            return errors.invalid(errors.INVALID_ARGUMENT, f"slots must be 0..{slots.SLOT_COUNT - 1}")
+        if request.mark == ledger_pb2.SLOT_MARK_FENCED:
+            if chosen & self.staged:
+                return errors.precondition(errors.SLOT_NOT_STAGED, "slots staged here cannot be fenced")
+            self.fenced |= chosen
+        elif request.mark == ledger_pb2.SLOT_MARK_STAGED:
+            if chosen & self.fenced:
+                return errors.precondition(errors.SLOT_NOT_STAGED, "slots fenced here cannot be staged")
+            self.staged |= chosen
+            if self.checkpoint.move_id != request.move_id:
+                self.checkpoint = ledger_pb2.ImportCheckpoint(move_id=request.move_id)
+                self._writes[keys.META_IMPORT] = self.checkpoint.SerializeToString(deterministic=True)
+        elif request.mark == ledger_pb2.SLOT_MARK_NONE:
+            self.fenced -= chosen
+            self.staged -= chosen
+        else:
+            return errors.invalid(errors.INVALID_ARGUMENT, "mark must be NONE, FENCED or STAGED")
+        self._writes[keys.META_FENCED] = slot_data.encode_slots(self.fenced)
+        self._writes[keys.META_STAGED] = slot_data.encode_slots(self.staged)
+        return self.mark_state(request.move_id)
+
+    def mark_state(self, move_id: str) -> ledger_pb2.MarkSlotsResponse:
+        checkpoint = self.checkpoint if move_id and self.checkpoint.move_id == move_id else None
+        return ledger_pb2.MarkSlotsResponse(
+            fenced_slots=sorted(self.fenced),
+            staged_slots=sorted(self.staged),
+            checkpoint=checkpoint,
+            journal_seq=self.journal_seq,
+        )
+
+    def _import(self, request: ledger_pb2.ImportSlotsRequest, now_ms: int) -> Response:
+        """Copies from the source into STAGED slots, journaled so that replay
+        rebuilds them, with the move's checkpoint in the same write."""
+        fence = self._fence(request.epoch, 1)
+        if fence is not None:
+            return fence
+        count = len(request.accounts) + len(request.records) + len(request.history)
+        if count > limits.BATCH_ITEMS_MAX:
+            return errors.BankError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, errors.BATCH_TOO_LARGE, "too many items in one import"
+            )
+        if not request.move_id or request.checkpoint.move_id != request.move_id:
+            return errors.invalid(errors.INVALID_ARGUMENT, "an import needs its move id and checkpoint")
+        if request.move_id != self.checkpoint.move_id:
+            return errors.precondition(errors.SLOT_NOT_STAGED, f"no move {request.move_id} staged here")
+        named = [a.id for a in request.accounts] + [h.account_id for h in request.history]
+        named += [slot_data.record_account(r) for r in request.records]
+        if any(not slot_data.in_slots(account_id, self.staged) for account_id in named):
+            return errors.precondition(errors.SLOT_NOT_STAGED, "an item is outside the slots staged here")
+        conflict = _malformed_import(request) or self._import_conflict(request.records)
+        if conflict is not None:
+            return conflict
+        for account in request.accounts:
+            self._import_account(account, now_ms)
+        for record in request.records:
+            self._import_record(record, now_ms)
+        for moved in request.history:
+            seq = self._journal(
+                types_pb2.JournalEntry(
+                    kind=types_pb2.JOURNAL_KIND_HISTORY_IMPORTED,
+                    at_unix_ms=now_ms,
+                    account_id=moved.account_id,
+                    transfer_id=moved.entry.transfer.id,
+                )
+            )
+            entry = types_pb2.HistoryEntry()
+            entry.CopyFrom(moved.entry)
+            entry.journal_seq = seq
+            self._writes[keys.history_key(moved.account_id, seq)] = entry.SerializeToString(
+                deterministic=True
+            )
+        self.checkpoint = ledger_pb2.ImportCheckpoint()
+        self.checkpoint.CopyFrom(request.checkpoint)
+        self._writes[keys.META_IMPORT] = self.checkpoint.SerializeToString(deterministic=True)
+        return ledger_pb2.ImportSlotsResponse(checkpoint=self.checkpoint)
+
+    def _import_conflict(self, incoming: Sequence[ledger_pb2.Leg]) -> BankError | None:
+        """A record of ours (not a staged copy) under an incoming id: the same
+        id was used on two shards; never overwrite it."""
+        for record in incoming:
+            key = (
+                keys.leg_key(record.transfer.id)
+                if record.role == CREDIT
+                else keys.transfer_key(record.transfer.id)
+            )
+            existing = self._read_leg(key)
+            if existing is not None and not slot_data.in_slots(
+                slot_data.record_account(existing), self.staged
+            ):
+                return BankError(
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    errors.TRANSFER_ID_CONFLICT,
+                    f"transfer {record.transfer.id} is recorded here for another account",
+                )
+        return None
+
+    def _import_account(self, account: types_pb2.Account, now_ms: int) -> None:
+        invariant(ids.is_customer_account_id(account.id), f"import of cash account {account.id}")
+        state = AccountState.from_proto(account)
+        check_account_invariants(state)
+        self.accounts[state.id] = state
+        self._dirty.add(state.id)
+        self._journal_account(types_pb2.JOURNAL_KIND_ACCOUNT_IMPORTED, state, now_ms)
+
+    def _import_record(self, given: ledger_pb2.Leg, now_ms: int) -> None:
+        record = ledger_pb2.Leg()
+        record.CopyFrom(given)
+        record.code, record.reason = 0, ""
+        transfer_id = ids.normalize_transfer_id(record.transfer.id)
+        role = record.role
+        key = keys.leg_key(transfer_id) if role == CREDIT else keys.transfer_key(transfer_id)
+        self._writes[key] = record.SerializeToString(deterministic=True)
+        self._journal(
+            types_pb2.JournalEntry(
+                kind=types_pb2.JOURNAL_KIND_RECORD_IMPORTED,
+                at_unix_ms=now_ms,
+                transfer_id=transfer_id,
+                transfer=record.transfer,
+                role=role,
+                epoch=record.epoch,
+                leg_state=record.state,
+            )
+        )
+        pair = (role, transfer_id)
+        if record.state == PREPARED:
+            self.in_doubt[pair] = record.prepared_at_unix_ms
+            self._writes[keys.in_doubt_key(role, transfer_id)] = keys.u64(record.prepared_at_unix_ms)
+        elif pair in self.in_doubt:
+            del self.in_doubt[pair]
+            self._writes[keys.in_doubt_key(role, transfer_id)] = None
+
+    def _release(self, plan: ReleasePlan, now_ms: int) -> Response:
+        """Drop what a ReleaseSlots scan chose, journaled (verify stays whole)."""
+        fence = self._fence(plan.epoch, 1)
+        if fence is not None:
+            return fence
+        released_accounts = released_records = 0
+        for account_id in plan.accounts:
+            account = self.accounts.pop(account_id, None)
+            if account is None:
+                continue
+            invariant(account.type != SYSTEM, f"release of cash account {account_id}")
+            self._dirty.discard(account_id)
+            self._writes[keys.account_key(account_id)] = None
+            self._journal(
+                types_pb2.JournalEntry(
+                    kind=types_pb2.JOURNAL_KIND_ACCOUNT_RELEASED, at_unix_ms=now_ms, account_id=account_id
+                )
+            )
+            released_accounts += 1
+        for key in plan.record_keys:
+            record = self._read_leg(key)
+            if record is None:
+                continue
+            transfer_id = record.transfer.id
+            pair = (record.role, transfer_id)
+            invariant(
+                record.state != PREPARED or slot_data.in_slots(slot_data.record_account(record), self.staged),
+                f"transfer {transfer_id}: release of a prepared original",
+            )
+            self._writes[key] = None
+            self._journal(
+                types_pb2.JournalEntry(
+                    kind=types_pb2.JOURNAL_KIND_RECORD_RELEASED,
+                    at_unix_ms=now_ms,
+                    transfer_id=transfer_id,
+                    transfer=types_pb2.Transfer(id=transfer_id),
+                    role=record.role,
+                )
+            )
+            if pair in self.in_doubt:
+                del self.in_doubt[pair]
+                self._writes[keys.in_doubt_key(record.role, transfer_id)] = None
+            released_records += 1
+        for key in plan.history_keys:
+            self._writes[key] = None
+        if plan.done:
+            self.fenced -= plan.slots
+            self.staged -= plan.slots
+            self._writes[keys.META_FENCED] = slot_data.encode_slots(self.fenced)
+            self._writes[keys.META_STAGED] = slot_data.encode_slots(self.staged)
+            if self.checkpoint.move_id == plan.move_id:
+                self.checkpoint = ledger_pb2.ImportCheckpoint()
+                self._writes[keys.META_IMPORT] = None
+        return ledger_pb2.ReleaseSlotsResponse(
+            accounts=released_accounts,
+            records=released_records,
+            history=len(plan.history_keys),
+            done=plan.done,
+        )
 
 
 # Longest review a transfer may be held for (the gateway's deadlines are far
@@ -1158,16 +1448,6 @@ def _take_review(clean: types_pb2.Transfer, given: types_pb2.Transfer, now_ms: i
     clean.review_deadline_unix_ms = deadline_ms
     if given.HasField("risk"):
         clean.risk.CopyFrom(given.risk)
-def _blocked_record(record: ledger_pb2.Leg, role: int) -> bool:
-    """A single-shard style record of a transfer that risk control blocked (see _block_routing_refusal)."""
-    return (
-        role == DEBIT
-        and record.role == 0
-        and record.state == ABORTED
-        and record.transfer.reason == errors.RISK_BLOCKED
-    )
-
-
 def _usable(account: AccountState, transfer: types_pb2.Transfer) -> BankError | None:
     if account.currency != transfer.currency:
         return errors.precondition(errors.CURRENCY_MISMATCH, f"account {account.id} is in {account.currency}")

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 from rocksdict import AccessType, BlockBasedOptions, Options, Rdict, WriteBatch, WriteOptions
 
-from ledger_node import journal, keys
+from ledger_node import journal, keys, slot_data
 from ledger_node.state import AccountState, InvariantViolation, Write, check_account_invariants, invariant
-from shardbank.v1 import types_pb2
+from shardbank.v1 import ledger_pb2, types_pb2
 
 # Writes of one group commit: bounded by the writer's drain size; a batch far
 # above this means a bug upstream, not load.
@@ -49,6 +49,9 @@ class Loaded:
     max_epoch: int
     in_doubt: dict[tuple[int, str], int]
     transfers_applied: int
+    fenced: set[int]
+    staged: set[int]
+    checkpoint: ledger_pb2.ImportCheckpoint
 
 
 class Store:
@@ -159,6 +162,9 @@ class Store:
             max_epoch=self._meta_u64(keys.META_EPOCH),
             in_doubt=in_doubt,
             transfers_applied=self._meta_u64(keys.META_APPLIED),
+            fenced=slot_data.decode_slots(self.get(keys.META_FENCED)),
+            staged=slot_data.decode_slots(self.get(keys.META_STAGED)),
+            checkpoint=ledger_pb2.ImportCheckpoint.FromString(self.get(keys.META_IMPORT) or b""),
         )
 
     def _previous_hash(self, seq: int) -> bytes:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from google.protobuf.message import DecodeError
 
-from ledger_node import journal, keys
+from ledger_node import journal, keys, slot_data
 from ledger_node.replay import (
     PREPARED,
     Corrupt,
@@ -52,6 +52,12 @@ class ShardReport:
     debit_records: dict[str, int] = field(default_factory=dict)
     # transfer id -> (state, currency, amount) of credit legs here
     credit_legs: dict[str, tuple[int, str, int]] = field(default_factory=dict)
+    # Slot moves: slots holding copies not yet this shard's (staged), and
+    # (currency, balance) of each customer account, so that an account on two
+    # shards mid-move is counted once in the books.
+    staged: set[int] = field(default_factory=set)
+    fenced: set[int] = field(default_factory=set)
+    customer_balances: dict[int, tuple[str, int]] = field(default_factory=dict)
 
 
 def _walk_journal(
@@ -89,7 +95,10 @@ def _check_accounts(store: Store, replayed: dict[int, Replayed], report: ShardRe
         if mismatch is not None:
             raise Corrupt(shard, f"account {account.id}", mismatch)
         seen.add(account.id)
-        report.balances[account.currency] += account.balance
+        if account.type != types_pb2.ACCOUNT_TYPE_SYSTEM:
+            report.customer_balances[account.id] = (account.currency, account.balance)
+        else:
+            report.balances[account.currency] += account.balance
     missing = sorted(set(replayed) - seen)
     if missing:
         raise Corrupt(shard, f"account {missing[0]}", "opened in the journal but its record is missing")
@@ -122,6 +131,8 @@ def _check_records(store: Store, states: dict[tuple[int, str], int], report: Sha
             seen.add((role, transfer_id))
             if record.state == PREPARED:
                 prepared.add((role, transfer_id))
+            if slot_data.in_slots(slot_data.record_account(record), report.staged):
+                continue  # a staged copy: the source's original is what counts
             if prefix == keys.TRANSFER:
                 report.records += 1
                 if role == DEBIT:
@@ -147,6 +158,8 @@ def verify_shard(path: Path, name: str) -> ShardReport:
     report = ShardReport(name=name)
     store = Store(str(path), read_only=True)
     try:
+        report.staged = slot_data.decode_slots(store.get(keys.META_STAGED))
+        report.fenced = slot_data.decode_slots(store.get(keys.META_FENCED))
         replayed, states = _walk_journal(store, report)
         _check_accounts(store, replayed, report)
         _check_records(store, states, report)
@@ -157,12 +170,35 @@ def verify_shard(path: Path, name: str) -> ShardReport:
 
 def check_books(reports: list[ShardReport]) -> dict[str, int]:
     """Per currency: sum of balances + amounts in flight; must be 0 everywhere."""
-    totals, problems = trial_balance(
-        [ShardBooks(r.name, r.balances, r.debit_records, r.credit_legs) for r in reports]
-    )
+    customers: dict[str, int] = defaultdict(int)
+    for currency, balance in _customer_balances(reports).values():
+        customers[currency] += balance
+    books = [ShardBooks(r.name, r.balances, r.debit_records, r.credit_legs) for r in reports]
+    books.append(ShardBooks("customer accounts", customers, {}, {}))
+    totals, problems = trial_balance(books)
     if problems:
         raise problems[0]
     return totals
+
+
+def _customer_balances(reports: list[ShardReport]) -> dict[int, tuple[str, int]]:
+    """Each customer account once. Mid-move an account is on two shards: a
+    staged copy (target, before the flip) is never counted; a fenced one
+    (source) only while the target's copy is still staged. Two copies that
+    both count are corruption."""
+    chosen: dict[int, tuple[str, int]] = {}
+    fenced: dict[int, tuple[str, int]] = {}
+    for report in reports:
+        for account_id, value in report.customer_balances.items():
+            if slot_data.in_slots(account_id, report.staged):
+                continue
+            if slot_data.in_slots(account_id, report.fenced):
+                fenced[account_id] = value
+                continue
+            if account_id in chosen:
+                raise Corrupt(report.name, f"account {account_id}", "counted on two shards")
+            chosen[account_id] = value
+    return {**fenced, **chosen}
 
 
 def find_shards(data_dir: Path) -> list[tuple[str, Path]]:

@@ -27,6 +27,7 @@ from ledger_node.state import Ledger, Request, Response
 from ledger_node.store import Store
 from shardbank import errors, limits, metrics
 from shardbank.errors import BankError
+from shardbank.v1 import ledger_pb2
 
 # Items waiting for the writer: beyond this a caller gets RESOURCE_EXHAUSTED
 # OVERLOADED at once instead of a reply that would miss its deadline anyway.
@@ -37,12 +38,16 @@ log = structlog.get_logger("ledger_node.writer")
 
 def item_count(request: Request) -> int:
     """Items in a write request (what a drain is measured in)."""
+    if isinstance(request, ledger_pb2.ImportSlotsRequest):
+        return len(request.accounts) + len(request.records) + len(request.history)
     if hasattr(request, "transfers"):
         return len(request.transfers)
     if hasattr(request, "accounts"):
         return len(request.accounts)
     if hasattr(request, "updates"):
         return len(request.updates)
+    if isinstance(request, ledger_pb2.MarkSlotsRequest):
+        return 1
     return len(request.items)
 
 

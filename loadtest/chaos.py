@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import random
 import time
 import uuid
@@ -34,7 +35,9 @@ import structlog
 
 from clients.client import AsyncBankClient, BankClient
 from clients.local_cluster import LocalCluster
+from coordinator import mover
 from ledger_node import verify
+from loadtest import chaos_moves
 from loadtest.failover_stats import failover_stats
 from shardbank import meta
 from shardbank.identity import cn_check_digit
@@ -72,6 +75,8 @@ class ChaosConfig:
     restart_pause_max_s: float = 3.0
     cross_shard_fraction: float = 0.8
     overdraft_fraction: float = 0.05
+    # Move slots back and forth meanwhile, and kill moves' sources and targets too.
+    moves: bool = False
 
 
 @dataclass
@@ -82,6 +87,9 @@ class Attempt:
     final: int = 0  # TransferStatus after resolution
     cross_shard: bool = False
     committed_at: float = 0.0
+    # When the call was sent and answered (monotonic s), for the stall figure.
+    began_at: float = 0.0
+    ended_at: float = 0.0
 
 
 @dataclass
@@ -102,6 +110,9 @@ class ChaosReport:
     in_doubt_resolved_after_election_s_max: float = 0.0
     violations: list[str] = field(default_factory=list)
     verify_exit_code: int = -1
+    # Moves mode: what the moves did, and the longest stall a client saw meanwhile.
+    moves_summary: list[str] = field(default_factory=list)
+    longest_stall_during_move_s: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -122,6 +133,7 @@ class ChaosReport:
             f"{self.election_after_leader_kill_s_max:.2f} s",
             f"in doubt at an election: {self.in_doubt_at_election}, all ended within "
             f"{self.in_doubt_resolved_after_election_s_max:.2f} s of the election",
+            *self.moves_summary,
             f"offline verify exit {self.verify_exit_code}",
             f"violations          {len(self.violations)}",
         ]
@@ -149,6 +161,7 @@ class ChaosRun:
         self.leader_kills: list[float] = []
         self.leader_kills_unix_s: list[float] = []
         self.cross_commits: list[float] = []
+        self.move_loop: chaos_moves.MoveLoop | None = None
 
     # ---- set-up -----------------------------------------------------------
 
@@ -212,13 +225,16 @@ class ChaosRun:
                 )
                 attempt = Attempt(transfer, "unknown", cross_shard=self.owner[debit] != self.owner[credit])
                 self.attempts.append(attempt)
+                attempt.began_at = time.monotonic()
                 try:
                     results = await client.submit_transfers([transfer])
                     result = results[0]
                 except Exception as exc:  # timeouts, killed connections: outcome unknown
                     attempt.reason = type(exc).__name__
+                    attempt.ended_at = time.monotonic()
                     await asyncio.sleep(0.05)
                     continue
+                attempt.ended_at = time.monotonic()
                 if result.status == COMMITTED:
                     attempt.seen = "committed"
                     attempt.committed_at = time.monotonic()
@@ -259,6 +275,8 @@ class ChaosRun:
         # Shuffled rounds of every kind: each kind is hit at least once per
         # round, whatever the draw (independent picks could skip one).
         round_of_faults = ["leader", "leader", "standby", "node", "node", "gateway"]
+        if cfg.moves:
+            round_of_faults += ["source", "target"]
         schedule: list[str] = []
         while True:
             await asyncio.sleep(self.fault_rng.uniform(cfg.fault_gap_min_s, cfg.fault_gap_max_s))
@@ -281,6 +299,9 @@ class ChaosRun:
                 if fault == "leader" and target is not None:
                     self.leader_kills.append(time.monotonic())
                     self.leader_kills_unix_s.append(time.time())
+            elif fault in ("source", "target"):
+                current = self.move_loop.current if self.move_loop is not None else None
+                target = chaos_moves.victim(current, fault, alive)
             elif fault == "node":
                 nodes = [n for n in self._names("ledger_node") if n in alive]
                 target = self.fault_rng.choice(nodes) if nodes else None
@@ -289,7 +310,8 @@ class ChaosRun:
                 target = gateways[0] if gateways else None
                 pause = 0.2
             if target is None:
-                schedule.append(fault)  # nothing to hit right now (e.g. mid-election): next tick
+                if fault not in ("source", "target"):  # no move running: skip, not retry
+                    schedule.append(fault)  # nothing to hit right now (e.g. mid-election): next tick
                 continue
             restarts.append(asyncio.create_task(self._kill_and_restart(target, fault, pause)))
         await asyncio.gather(*restarts, return_exceptions=True)
@@ -404,6 +426,10 @@ class ChaosRun:
         r.election_after_leader_kill_s_max = stats.election_after_kill_s_max
         r.in_doubt_at_election = stats.in_doubt_at_election
         r.in_doubt_resolved_after_election_s_max = stats.in_doubt_resolved_after_election_s_max
+        if self.move_loop is not None:
+            calls = [(a.began_at, a.ended_at) for a in self.attempts if a.ended_at]
+            r.longest_stall_during_move_s = chaos_moves.longest_stall_s(self.move_loop.stats, calls)
+            r.moves_summary = chaos_moves.summary(self.move_loop.stats, r.longest_stall_during_move_s)
 
     # ---- the run ------------------------------------------------------------
 
@@ -411,19 +437,34 @@ class ChaosRun:
         deadline = time.monotonic() + self.config.duration_s
         workers = [asyncio.create_task(self._client_loop(deadline)) for _ in range(self.config.clients)]
         faults = asyncio.create_task(self._fault_loop(deadline))
-        await asyncio.gather(*workers, faults)
+        extra = []
+        if self.config.moves:
+            self.move_loop = chaos_moves.MoveLoop(
+                self.cluster.etcd_endpoint, list(self.opening), self.config.seed + 2
+            )
+            extra.append(asyncio.create_task(self.move_loop.run(deadline)))
+        await asyncio.gather(*workers, faults, *extra)
 
     def run(self) -> ChaosReport:
         started = time.monotonic()
+        saved_pause = os.environ.get(mover.STEP_PAUSE_ENV)
+        if self.config.moves:  # read by the coordinators this run starts
+            os.environ[mover.STEP_PAUSE_ENV] = str(chaos_moves.STEP_PAUSE_MS)
         try:
             self.cluster.start()
             self._open_accounts()
             asyncio.run(self._load())
             self._ensure_all_up()
+            if self.move_loop is not None:
+                self.report.violations += self.move_loop.stats.stuck + self.move_loop.unfinished()
             self._resolve()
             self._tally()
         finally:
             self.cluster.stop()
+            if saved_pause is None:
+                os.environ.pop(mover.STEP_PAUSE_ENV, None)
+            else:
+                os.environ[mover.STEP_PAUSE_ENV] = saved_pause
         self.report.verify_exit_code = verify.main(["--data-dir", str(self.config.data_dir)])
         if self.report.verify_exit_code != 0:
             self.report.violations.append("offline verify failed (see its output)")

@@ -52,6 +52,14 @@ SYSTEM_ACCOUNT = "SYSTEM_ACCOUNT"
 BALANCE_OVERFLOW = "BALANCE_OVERFLOW"
 TRANSFER_ID_CONFLICT = "TRANSFER_ID_CONFLICT"
 SLOT_MOVED = "SLOT_MOVED"
+# The slot is being moved (fenced on the source, staged on the target): retry.
+SLOT_MOVING = "SLOT_MOVING"
+# A move step asked of a node whose slots are not in the state it needs.
+SLOT_NOT_STAGED = "SLOT_NOT_STAGED"
+SLOT_STILL_OWNED = "SLOT_STILL_OWNED"
+# A credit leg aborted because its id was settled single-shard before a move
+# made it cross-shard (the settled record is the transfer's outcome).
+SETTLED_SINGLE_SHARD = "SETTLED_SINGLE_SHARD"
 STALE_EPOCH = "STALE_EPOCH"
 CONTRADICTORY_DECISION = "CONTRADICTORY_DECISION"
 PREPARE_TIMEOUT = "PREPARE_TIMEOUT"

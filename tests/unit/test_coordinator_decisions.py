@@ -23,7 +23,9 @@ def leg(
     transfer_code: int = 0,
 ) -> ledger_pb2.Leg:
     transfer = types_pb2.Transfer(id="t", reason=transfer_reason, code=transfer_code)
-    return ledger_pb2.Leg(transfer=transfer, state=state, code=code, reason=reason)
+    return ledger_pb2.Leg(
+        transfer=transfer, role=types_pb2.LEG_ROLE_DEBIT, state=state, code=code, reason=reason
+    )
 
 
 # --- classify -----------------------------------------------------------------
@@ -253,3 +255,15 @@ def test_validate_refuses(change: dict[str, object], reason: str) -> None:
         validate.check_transfer(bad)
     assert caught.value.reason == reason
     assert caught.value.code_value == 3
+
+
+def test_a_single_shard_record_is_followed_and_its_credit_leg_aborted() -> None:
+    """The id was settled on one shard before a slot move made it cross-shard."""
+    single = ledger_pb2.Leg(transfer=types_pb2.Transfer(id="t"), state=ledger_pb2.LEG_STATE_COMMITTED)
+    answer = decisions.classify(single)
+    assert (answer.vote, answer.single_shard) == (decisions.Vote.COMMITTED, True)
+    assert decisions.plan(answer, decisions.Answer(decisions.Vote.PREPARED)).step == decisions.Step.SETTLED
+    abort = decisions.Plan(decisions.Step.DECIDE, ledger_pb2.DECISION_ABORT)
+    assert decisions.verdict_of_decide(abort, single).truth == Truth.ABORTED
+    moving = ledger_pb2.Leg(transfer=types_pb2.Transfer(id="t"), code=14, reason=errors.SLOT_MOVING)
+    assert decisions.classify(moving).vote == decisions.Vote.SLOT_MOVED

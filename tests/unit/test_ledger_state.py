@@ -523,8 +523,15 @@ def test_decide_with_another_body_is_a_conflict_not_a_state_to_follow() -> None:
     a, b = funded(node, 1_000), funded(node, 0)
     single = move(a, b, 100)
     node.transfers(single)
-    # The same id reaching the 2PC path later must not be followed as COMMITTED.
+    # The same id reaching the 2PC path later (a slot move made it cross-shard)
+    # answers its single-shard state with role 0, so the coordinator follows it
+    # and aborts the credit leg; nothing moves again. Another body conflicts.
     leg = one_leg(node.legs(prepare(single, types_pb2.LEG_ROLE_DEBIT)))
+    assert (leg.code, leg.role, leg.state) == (0, 0, ledger_pb2.LEG_STATE_COMMITTED)
+    assert node.ledger.accounts[a].held == 0
+    assert node.balance(a) == 900
+    changed = move(a, b, 101, single.id)
+    leg = one_leg(node.legs(prepare(changed, types_pb2.LEG_ROLE_DEBIT)))
     assert (leg.code, leg.reason) == (EXISTS, errors.TRANSFER_ID_CONFLICT)
     other = move(a, b, 100)
     one_leg(node.legs(prepare(other, types_pb2.LEG_ROLE_DEBIT)))
