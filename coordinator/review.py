@@ -149,7 +149,18 @@ class Review:
         return outcome
 
     async def _record(self, transfer_id: str) -> tuple[types_pb2.Transfer, str, str]:
-        """The record holder's record and the two shards, or NOT_FOUND / UNAVAILABLE."""
+        """The record holder's record and the two shards, or NOT_FOUND / UNAVAILABLE.
+        A slot move may have just taken the record elsewhere: with no record
+        at the holder our map names, the map is re-read once and asked again."""
+        try:
+            return await self._record_once(transfer_id)
+        except errors.BankError as error:
+            if error.reason != errors.NOT_UNDER_REVIEW:
+                raise
+        await self._shards.router.refresh()
+        return await self._record_once(transfer_id)
+
+    async def _record_once(self, transfer_id: str) -> tuple[types_pb2.Transfer, str, str]:
         router = self._shards.router
         shard_ids = router.shard_ids()
         answers = await asyncio.gather(*(self._shards.get_transfers(s, [transfer_id]) for s in shard_ids))

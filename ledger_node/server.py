@@ -372,7 +372,7 @@ class LedgerNodeServicer(ledger_pb2_grpc.LedgerNodeServicer):
                 errors.SLOT_STILL_OWNED, f"slot {min(owned)} is owned here: not a target"
             )
         response: ledger_pb2.MarkSlotsResponse = await self._write(request, 1)
-        response.in_doubt_legs = self._ledger.in_doubt_in(chosen)
+        response.in_doubt_legs = self._ledger.in_doubt_in(chosen, wall_clock_ms())
         log.info(
             "slots_marked",
             move_id=request.move_id,

@@ -21,6 +21,7 @@ from ledger_node import journal, keys, slot_data
 from ledger_node.slot_data import ReleasePlan
 from ledger_node.state import Ledger
 from ledger_node.store import Store
+from ledger_node.writer import wall_clock_ms
 from shardbank import limits
 from shardbank.v1 import ledger_pb2, types_pb2
 
@@ -148,7 +149,9 @@ def digest(store: Store, ledger: Ledger, slots: set[int]) -> ledger_pb2.SlotsDig
     in key order, from re-serialized messages (so source bytes and imported
     bytes compare by content)."""
     hasher = hashlib.sha256()
-    result = ledger_pb2.SlotsDigest(journal_seq=ledger.journal_seq, in_doubt_legs=ledger.in_doubt_in(slots))
+    result = ledger_pb2.SlotsDigest(
+        journal_seq=ledger.journal_seq, in_doubt_legs=ledger.in_doubt_in(slots, wall_clock_ms())
+    )
     for account_id in sorted(a for a in ledger.accounts if slot_data.in_slots(a, slots)):
         account = ledger.accounts[account_id]
         hasher.update(keys.account_key(account_id) + account.record_bytes())

@@ -1222,10 +1222,15 @@ class Ledger:
         account_id = slot_data.record_account(record)
         return not self._owns(account_id) or slot_data.in_slots(account_id, self.staged)
 
-    def in_doubt_in(self, slot_set: set[int]) -> int:
-        """PREPARED records and legs of accounts in `slot_set` (a move waits for 0)."""
+    def in_doubt_in(self, slot_set: set[int], now_ms: int) -> int:
+        """PREPARED records and legs of accounts in `slot_set` that are in
+        doubt now (a move waits for 0). A review hold before its deadline is
+        not: it may wait a day for an officer, and it moves with its slot as a
+        PREPARED record (the import keeps its deadline in the index)."""
         count = 0
-        for role, transfer_id in self.in_doubt:
+        for (role, transfer_id), doubt_from_ms in self.in_doubt.items():
+            if doubt_from_ms > now_ms:
+                continue
             key = keys.transfer_key(transfer_id) if role == DEBIT else keys.leg_key(transfer_id)
             value = self._reader(key)
             if value is None:
@@ -1367,8 +1372,11 @@ class Ledger:
         )
         pair = (role, transfer_id)
         if record.state == PREPARED:
-            self.in_doubt[pair] = record.prepared_at_unix_ms
-            self._writes[keys.in_doubt_key(role, transfer_id)] = keys.u64(record.prepared_at_unix_ms)
+            # In doubt from the same moment as on the source: a review hold
+            # only from its deadline (see _prepare).
+            doubt_from_ms = max(record.prepared_at_unix_ms, record.transfer.review_deadline_unix_ms)
+            self.in_doubt[pair] = doubt_from_ms
+            self._writes[keys.in_doubt_key(role, transfer_id)] = keys.u64(doubt_from_ms)
         elif pair in self.in_doubt:
             del self.in_doubt[pair]
             self._writes[keys.in_doubt_key(role, transfer_id)] = None
@@ -1398,8 +1406,13 @@ class Ledger:
                 continue
             transfer_id = record.transfer.id
             pair = (record.role, transfer_id)
+            # A prepared original may go only as a review hold (copied to the
+            # target like any record; a move never waits a day for an officer);
+            # a 2PC leg in flight must have ended before the fence lifted.
             invariant(
-                record.state != PREPARED or slot_data.in_slots(slot_data.record_account(record), self.staged),
+                record.state != PREPARED
+                or record.transfer.review_deadline_unix_ms > 0
+                or slot_data.in_slots(slot_data.record_account(record), self.staged),
                 f"transfer {transfer_id}: release of a prepared original",
             )
             self._writes[key] = None

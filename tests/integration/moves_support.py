@@ -168,8 +168,11 @@ def slots_of(accounts: list[int]) -> list[int]:
 
 @contextmanager
 def own_cluster(data_dir: Path) -> Iterator[LocalCluster]:
-    """A cluster of a test's own (2 shards, 2 coordinators), stopped at the end."""
-    local = LocalCluster(data_dir, shards=2, coordinators=2)
+    """A cluster of a test's own (2 shards, 2 coordinators), stopped at the
+    end. The risk check is off: the load loops pay the same few accounts
+    hundreds of times a minute, which the velocity rules would hold for
+    review (moving review holds is tested in test_review.py)."""
+    local = LocalCluster(data_dir, shards=2, coordinators=2, risk_config="")
     try:
         local.start()
         yield local

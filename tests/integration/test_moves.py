@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
 
 import pytest
 
@@ -27,13 +28,18 @@ MOVE_WAIT_S = 90.0
 
 
 @pytest.fixture(scope="module")
-def moving_cluster(cluster: LocalCluster) -> LocalCluster:
-    return cluster
+def moving_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    with moves_support.own_cluster(tmp_path_factory.mktemp("moving")) as local:
+        yield local
 
 
 @pytest.fixture(scope="module")
-def bank(client: BankClient) -> BankClient:
-    return client
+def bank(moving_cluster: LocalCluster) -> Iterator[BankClient]:
+    client = BankClient(moving_cluster.gateway_address, token=moving_cluster.admin_token)
+    try:
+        yield client
+    finally:
+        client.close_channel()
 
 
 def _funded(bank: BankClient, cluster: LocalCluster, shard_id: str, count: int) -> list[int]:

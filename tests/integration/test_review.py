@@ -26,8 +26,10 @@ from gateway.auth.audit import AuditLog
 from gateway.review.desk import ReviewConfig, ReviewDesk
 from gateway.review.store import AlertStore
 from gateway.upstream import Cluster
-from shardbank import errors, ids, meta, service_auth
+from shardbank import errors, ids, meta, moves, service_auth
+from shardbank.slots import slot_of
 from shardbank.v1 import ledger_pb2, risk_pb2, types_pb2
+from tests.integration import moves_support
 from tests.integration.helpers import open_on_shard, slot_map
 from tests.integration.http_support import Api
 
@@ -461,3 +463,27 @@ def test_review_deadline_releases_the_hold_even_across_leader_failover(
         assert {x.transfer_id for x in listed.alerts} == {first.id, second.id}
         assert all(x.review_state == "EXPIRED" for x in listed.alerts)
         assert isinstance(listed, risk_pb2.ListAlertsResponse)
+
+
+def test_a_review_hold_moves_with_its_slot_and_is_approved_on_the_new_shard(
+    cluster: LocalCluster, admin: BankClient, officer: BankClient
+) -> None:
+    """A hold waits on purpose (up to a day): a slot move must not wait for it
+    nor lose it. The PREPARED record and its held money move with the debit
+    account, still not in doubt, and the officer's approval lands on the new
+    owner."""
+    debit, credit = funded_pair(admin, cluster, "shard-1", "shard-2")
+    OPENED.extend((debit, credit))
+    total = books(admin, cluster)
+    held = admin.transfer(debit, credit, REVIEW_MIN, "CNY")
+    assert (held.status, held.reason) == (PENDING, errors.UNDER_REVIEW)
+    move = moves_support.move_and_wait(cluster, [slot_of(debit)], "shard-2", 90.0)
+    assert move.phase == moves.COMPLETED, move
+    assert slot_map(cluster).owners[slot_of(debit)] == "shard-2"
+    assert state(admin, debit)[:2] == (FUNDS, REVIEW_MIN)  # (balance, held) as before the move
+    assert admin.get_transfer(held.id).reason == errors.UNDER_REVIEW
+    officer.review_transfer(held.id, approve=True, note="moved, then approved")
+    assert admin.get_transfer(held.id).status == COMMITTED
+    assert state(admin, debit)[:2] == (FUNDS - REVIEW_MIN, 0)
+    assert admin.get_account(credit).balance == REVIEW_MIN
+    assert books(admin, cluster) == total
