@@ -2,7 +2,8 @@
 
 Items are grouped per destination and the groups sent concurrently. An item
 whose answer says the slot map moved (SLOT_MOVED, CROSS_SHARD) is routed
-again after a map refresh; an item whose destination was unreachable is
+again after a map refresh (still moved after the last round: UNAVAILABLE
+SLOT_MOVING); an item whose destination was unreachable is
 resent after a backoff, with the SAME body (transfer ids are idempotent), as
 long as the caller's deadline and `ATTEMPTS_MAX` allow. What is still
 undecided at the end gets the plan's `give_up` result (code UNAVAILABLE; never
@@ -206,10 +207,19 @@ def _unsettled(state: _State[I, R], index: int, error: errors.BankError) -> None
 
 
 def _settle(state: _State[I, R], plan: Plan[I, R]) -> list[R]:
-    """Results of the items still open: the last answer a destination gave
-    (e.g. SLOT_MOVED after the last re-route), else the plan's give-up result."""
+    """Results of the items still open: the last answer a destination gave,
+    else the plan's give-up result. An item still re-routed after the last
+    round (SLOT_MOVED, CROSS_SHARD: the slot map was changing under a move)
+    gives up as UNAVAILABLE SLOT_MOVING, nothing recorded: a refusal a client
+    retries with the same id, never one that looks final."""
     for index in sorted(state.open):
         last = state.last_result.get(index)
+        if last is not None and plan.classify(last) is Disposition.MOVED:
+            moving = errors.BankError(
+                grpc.StatusCode.UNAVAILABLE, errors.SLOT_MOVING, "the slot map is changing; retry"
+            )
+            state.results[index] = plan.give_up(state.items[index], moving)
+            continue
         if last is not None:
             state.results[index] = last
             continue

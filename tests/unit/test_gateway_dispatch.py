@@ -197,7 +197,7 @@ def test_a_short_reply_is_internal_not_a_shifted_answer() -> None:
     assert all(r.reason == errors.INTERNAL and r.where == "gave-up" for r in results)
 
 
-def test_slot_moved_until_the_end_keeps_the_nodes_answer() -> None:
+def test_slot_moved_until_the_end_gives_up_as_a_retryable_slot_moving() -> None:
     cluster = FakeCluster({1: "shard-1"})
     cluster.slot_moved_once = set()
 
@@ -207,7 +207,8 @@ def test_slot_moved_until_the_end_keeps_the_nodes_answer() -> None:
             return [Result(i.name, 10, errors.SLOT_MOVED, str(target)) for i in items]
 
     results = asyncio.run(dispatch.dispatch([Item("a", 1)], AlwaysMoved(cluster), cluster, Budget(5.0)))
-    assert results == [Result("a", 10, errors.SLOT_MOVED, "shard-1")]
+    # Not the node's SLOT_MOVED (a final-looking REJECTED): UNAVAILABLE, resend the same id.
+    assert results == [Result("a", 14, errors.SLOT_MOVING, "gave-up")]
     assert len(cluster.calls) == dispatch.ATTEMPTS_MAX
     assert cluster.refreshes == dispatch.ATTEMPTS_MAX - 1
 
