@@ -57,6 +57,8 @@ GRPC_PORT_DEFAULT = 50051
 CALL_DEADLINE_S = 30.0
 TRANSFERS_TYPE = "TRANSFERS"
 TRANSFERS_NAME = "transfers"
+COMMITTED = types_pb2.TRANSFER_STATUS_COMMITTED
+COMMITTED_JSON = types_pb2.TransferStatus.Name(COMMITTED)
 
 
 def _settings() -> dict[str, Any]:
@@ -234,13 +236,18 @@ class BankGrpcUser(User):
         try:
             if len(batch) == 1:
                 t = batch[0]
-                self.bank.transfer(t.debit_account_id, t.credit_account_id, t.amount, t.currency, t.id)
-                committed = 1
+                outcome = self.bank.transfer(
+                    t.debit_account_id, t.credit_account_id, t.amount, t.currency, t.id
+                )
+                committed = int(outcome.status == COMMITTED)
             else:
                 outcomes = self.bank.submit_transfers(batch)
-                committed = sum(1 for o in outcomes if o.code == 0)
-                if committed != len(outcomes):
-                    error = RuntimeError(f"{len(outcomes) - committed} of {len(outcomes)} transfers refused")
+                # Only COMMITTED counts as a transfer; PENDING (held for a
+                # risk review) is not a failure, nor a transfer done.
+                committed = sum(1 for o in outcomes if o.status == COMMITTED)
+                refused = sum(1 for o in outcomes if o.code != 0)
+                if refused:
+                    error = RuntimeError(f"{refused} of {len(outcomes)} transfers refused")
         except Exception as exc:  # reported to Locust as a failed request
             error = exc
         elapsed_ms = (time.perf_counter() - began) * 1000.0
@@ -277,12 +284,15 @@ class BankHttpUser(FastHttpUser):
             if r.status_code not in ok:
                 r.failure(f"HTTP {r.status_code}: {(r.text or '')[:200]}")
                 return
-            committed = 1
+            # 201 committed, 202 pending (e.g. held for a risk review: not a
+            # failure, not a transfer done either).
+            committed, refused = int(r.status_code == 201), 0
             if len(batch) > 1:
                 outcomes = (r.json() or {}).get("transfers", [])
-                committed = sum(1 for o in outcomes if not o.get("code"))
-            if committed == len(batch):
-                r.success()
+                committed = sum(1 for o in outcomes if o.get("status") == COMMITTED_JSON)
+                refused = sum(1 for o in outcomes if o.get("code"))
+            if refused:
+                r.failure(f"{refused} of {len(batch)} transfers refused")
             else:
-                r.failure(f"{len(batch) - committed} of {len(batch)} transfers refused")
+                r.success()
         _fire_transfers(self.environment, committed)
