@@ -25,6 +25,7 @@ import grpc
 
 from clients import health
 from shardbank import meta, metrics, service_auth, slots
+from shardbank.moves import Move
 from shardbank.v1 import ledger_pb2, ledger_pb2_grpc
 
 # One etcd read or one node call of a status run: an operator waits for it.
@@ -212,7 +213,7 @@ def probe_health(addresses: dict[str, str], timeout_s: float) -> dict[str, int |
     return dict(zip(addresses, answers, strict=True))
 
 
-def move_rows(moves: list[metrics.MoveRecord]) -> list[dict[str, Any]]:
+def move_rows(moves: list[Move]) -> list[dict[str, Any]]:
     return [
         {
             "move_id": m.move_id,

@@ -21,7 +21,6 @@ Hot-path cost is kept tiny on purpose:
 from __future__ import annotations
 
 import collections
-import json
 import operator
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -33,6 +32,7 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_se
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from shardbank.moves import MOVES, PHASES, Move
 from shardbank.v1 import types_pb2
 
 log = structlog.get_logger("metrics")
@@ -192,20 +192,6 @@ MOVE_GAUGES = {
 }
 MOVE_PHASE = "shardbank_slot_move_phase"
 MOVES_BY_PHASE = "shardbank_slot_moves"
-MOVE_PHASES = (
-    "PENDING",
-    "COPYING",
-    "CATCHING_UP",
-    "VERIFYING",
-    "FENCED",
-    "FLIPPED",
-    "COMPLETED",
-    "ROLLING_BACK",
-    "ROLLED_BACK",
-    "FAILED",
-)
-MOVE_TERMINAL_PHASES = frozenset({"COMPLETED", "ROLLED_BACK", "FAILED"})
-MOVES_PREFIX = "/shardbank/moves/"
 
 
 SERIES_SUFFIXES = ("_bucket", "_count", "_sum", "_total", "_created")
@@ -357,69 +343,20 @@ def rocksdb_readings(property_int_value: Callable[[str], int | None]) -> dict[st
     return found
 
 
-@dataclass(frozen=True)
-class MoveRecord:
-    """One slot move as the mover writes it to etcd (`/shardbank/moves/<move_id>`)."""
-
-    move_id: str
-    slots: tuple[int, ...]
-    source: str
-    target: str
-    phase: str
-    accounts_total: int
-    accounts_copied: int
-    records_copied: int
-    started_at_unix_ms: int
-    updated_at_unix_ms: int
-    error: str
-
-    @property
-    def terminal(self) -> bool:
-        return self.phase in MOVE_TERMINAL_PHASES
-
-    @property
-    def progress(self) -> float:
-        """accounts_copied / accounts_total in 0..1 (1 when there is nothing to copy)."""
-        if self.accounts_total <= 0:
-            return 1.0 if self.phase not in ("PENDING", "COPYING") else 0.0
-        return max(0.0, min(1.0, self.accounts_copied / self.accounts_total))
-
-    @classmethod
-    def from_json(cls, raw: bytes | str) -> MoveRecord:
-        """Parse a record; ValueError if it is not one (a reader must not crash on a bad key)."""
-        try:
-            data = json.loads(raw)
-            return cls(
-                move_id=str(data["move_id"]),
-                slots=tuple(int(s) for s in data.get("slots", [])),
-                source=str(data["source"]),
-                target=str(data["target"]),
-                phase=str(data["phase"]),
-                accounts_total=int(data.get("accounts_total", 0)),
-                accounts_copied=int(data.get("accounts_copied", 0)),
-                records_copied=int(data.get("records_copied", 0)),
-                started_at_unix_ms=int(data.get("started_at_unix_ms", 0)),
-                updated_at_unix_ms=int(data.get("updated_at_unix_ms", 0)),
-                error=str(data.get("error", "")),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"not a move record: {exc}") from None
-
-
-def read_moves(client: Any) -> tuple[list[MoveRecord], list[str]]:
+def read_moves(client: Any) -> tuple[list[Move], list[str]]:
     """Every parseable move record in etcd, oldest first, and the keys that
     are not move records (skipped: a reader must not crash on one; the
     caller reports them, as it reports everything else)."""
     moves, unreadable = [], []
-    for value, meta in client.get_prefix(MOVES_PREFIX):
+    for value, meta in client.get_prefix(MOVES):
         try:
-            moves.append(MoveRecord.from_json(value))
+            moves.append(Move.from_json(value))
         except ValueError:
             unreadable.append(meta.key.decode(errors="replace"))
     return sorted(moves, key=lambda m: (m.started_at_unix_ms, m.move_id)), unreadable
 
 
-def move_families(moves: list[MoveRecord], now_ms: int) -> Iterator[Any]:
+def move_families(moves: list[Move], now_ms: int) -> Iterator[Any]:
     """Metric families of the moves: per unfinished move its progress and phase,
     and a count of all records by phase."""
     labels = ["move_id", "source", "target"]
@@ -428,7 +365,7 @@ def move_families(moves: list[MoveRecord], now_ms: int) -> Iterator[Any]:
         MOVE_PHASE, "1 for the phase the unfinished move is in.", labels=[*labels, "phase"]
     )
     by_phase = GaugeMetricFamily(MOVES_BY_PHASE, "Move records in etcd by phase.", labels=["phase"])
-    counts = dict.fromkeys(MOVE_PHASES, 0)
+    counts = dict.fromkeys(PHASES, 0)
     for move in moves:
         counts[move.phase] = counts.get(move.phase, 0) + 1
         if move.terminal:

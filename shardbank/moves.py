@@ -128,13 +128,25 @@ class Move:
         data["slots"] = list(self.slots)
         return json.dumps(data, sort_keys=True)
 
+    @property
+    def progress(self) -> float:
+        """accounts_copied / accounts_total in 0..1 (1 when there is nothing to copy)."""
+        if self.accounts_total <= 0:
+            return 1.0 if self.phase not in (PENDING, COPYING) else 0.0
+        return max(0.0, min(1.0, self.accounts_copied / self.accounts_total))
+
     @staticmethod
     def from_json(text: str | bytes) -> Move:
-        data: dict[str, Any] = json.loads(text)
-        known = {f for f in Move.__dataclass_fields__}
-        values = {k: v for k, v in data.items() if k in known}
-        values["slots"] = tuple(int(s) for s in data["slots"])
-        return Move(**values)
+        """Parse a record; ValueError if it is not one (readers such as
+        `status` and the metrics skip such a key rather than crash)."""
+        try:
+            data: dict[str, Any] = json.loads(text)
+            known = {f for f in Move.__dataclass_fields__}
+            values = {k: v for k, v in data.items() if k in known}
+            values["slots"] = tuple(int(s) for s in data["slots"])
+            return Move(**values)
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a move record: {exc}") from None
 
     def advance(self, phase: str, **changes: Any) -> Move:
         """The move in `phase` (a legal step only), stamped now."""

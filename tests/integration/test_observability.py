@@ -21,7 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from clients import cli
 from clients.client import BankClient
 from clients.local_cluster import LocalCluster
-from shardbank import meta, metrics
+from shardbank import meta
+from shardbank.moves import MOVES
 from shardbank.v1 import types_pb2
 from tests.integration.helpers import open_on_shard
 
@@ -148,12 +149,12 @@ def moves(cluster: LocalCluster) -> Iterator[dict[str, str]]:
     running, done = f"m-{uuid.uuid4().hex[:8]}", f"m-{uuid.uuid4().hex[:8]}"
     client = meta.connect(cluster.etcd_endpoint)
     try:
-        client.put(metrics.MOVES_PREFIX + running, move_record(running, "COPYING", 30, 120, [100, 101, 102]))
-        client.put(metrics.MOVES_PREFIX + done, move_record(done, "COMPLETED", 7, 7, [5]))
-        client.put(metrics.MOVES_PREFIX + "garbage", "{not json")
+        client.put(MOVES + running, move_record(running, "COPYING", 30, 120, [100, 101, 102]))
+        client.put(MOVES + done, move_record(done, "COMPLETED", 7, 7, [5]))
+        client.put(MOVES + "garbage", "{not json")
         yield {"running": running, "done": done}
     finally:
-        client.delete_prefix(metrics.MOVES_PREFIX)
+        client.delete_prefix(MOVES)
         client.close()
 
 

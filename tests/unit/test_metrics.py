@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from shardbank import metrics
+from shardbank.moves import MOVES, Move
 from shardbank.v1 import types_pb2
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "docs" / "grafana" / "shardbank.json"
@@ -100,19 +101,19 @@ def record(**changes: Any) -> str:
 
 
 def test_move_record_parses_the_movers_schema() -> None:
-    move = metrics.MoveRecord.from_json(record())
+    move = Move.from_json(record())
     assert (move.move_id, move.slots, move.source, move.target) == ("m1", (100, 101), "shard-1", "shard-3")
     assert move.progress == 0.25 and not move.terminal
-    assert metrics.MoveRecord.from_json(record(phase="ROLLED_BACK")).terminal
-    assert metrics.MoveRecord.from_json(record(accounts_total=0, phase="VERIFYING")).progress == 1.0
-    assert metrics.MoveRecord.from_json(record(accounts_total=0, phase="COPYING")).progress == 0.0
-    assert metrics.MoveRecord.from_json(record(accounts_copied=500)).progress == 1.0
+    assert Move.from_json(record(phase="ROLLED_BACK")).terminal
+    assert Move.from_json(record(accounts_total=0, phase="VERIFYING")).progress == 1.0
+    assert Move.from_json(record(accounts_total=0, phase="COPYING")).progress == 0.0
+    assert Move.from_json(record(accounts_copied=500)).progress == 1.0
 
 
 @pytest.mark.parametrize("raw", ["{nope", "[]", record(move_id=None) + "x", json.dumps({"move_id": "x"})])
 def test_move_record_refuses_what_is_not_one(raw: str) -> None:
     with pytest.raises(ValueError):
-        metrics.MoveRecord.from_json(raw)
+        Move.from_json(raw)
 
 
 class FakeMeta:
@@ -142,13 +143,13 @@ def scrape(collector: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], floa
 def test_move_collector_exports_unfinished_moves_only_while_active() -> None:
     etcd = FakeEtcd(
         {
-            metrics.MOVES_PREFIX + "m1": record(),
-            metrics.MOVES_PREFIX + "m2": record(move_id="m2", phase="COMPLETED", started_at_unix_ms=0),
-            metrics.MOVES_PREFIX + "bad": "{",
+            MOVES + "m1": record(),
+            MOVES + "m2": record(move_id="m2", phase="COMPLETED", started_at_unix_ms=0),
+            MOVES + "bad": "{",
         }
     )
     moves, unreadable = metrics.read_moves(etcd)
-    assert [m.move_id for m in moves] == ["m2", "m1"] and unreadable == [metrics.MOVES_PREFIX + "bad"]
+    assert [m.move_id for m in moves] == ["m2", "m1"] and unreadable == [MOVES + "bad"]
     active = {"on": True}
     collector = metrics.MoveCollector(lambda: etcd, lambda: active["on"], lambda: 6_000)
     found = scrape(collector)
