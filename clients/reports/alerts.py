@@ -17,8 +17,9 @@ from typing import Any
 import etcd3
 
 from clients.reports.day import DayWindow
+from shardbank import alerts
 
-ALERTS_PREFIX = "/shardbank/risk/alerts/"
+ALERTS_PREFIX = alerts.ALERTS
 # Alerts per etcd range read; alerts are rare next to transfers, but a day's
 # read must not ask etcd for an unbounded reply.
 PAGE_KEYS_MAX = 500
