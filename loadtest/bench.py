@@ -10,7 +10,11 @@ one answered):
   transfer on the same shard (paired by the slot map read from etcd);
 - S2 batched cross-shard (2PC): 1000 transfers per call, accounts on two shards;
 - S3 64 concurrent callers, one transfer per call, 80/20 single/cross mix,
-  `AsyncBankClient` (no coalescing);
+  through one `AsyncBankClient(coalesce=True)`: the client library folds
+  concurrent single transfers into shared `SubmitTransfers` calls, as
+  TigerBeetle's clients do (issue #5's fast path asks for exactly this);
+- S3U the same 64 callers through a client that does not coalesce (one gRPC
+  call per transfer), so the table shows what coalescing buys;
 - S4 HTTP/JSON, one transfer per request (`POST /v1/transfers`), 80/20 mix;
 - S5 HTTP/JSON, 100 transfers per request (`POST /v1/transfers:batch`), 80/20 mix;
 
@@ -93,7 +97,7 @@ class Scenario:
     concurrency: int
     transfers_per_call: int
     cross_shard_fraction: float
-    transport: str  # "grpc-batch" | "grpc-single" | "http-single" | "http-batch"
+    transport: str  # "grpc-batch" | "grpc-single" | "grpc-coalesce" | "http-single" | "http-batch"
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -101,7 +105,17 @@ SCENARIOS: dict[str, Scenario] = {
     for s in (
         Scenario("S1", "gRPC batch 1000, single-shard", 4, GRPC_BATCH_ITEMS, 0.0, "grpc-batch"),
         Scenario("S2", "gRPC batch 1000, cross-shard 2PC", 4, GRPC_BATCH_ITEMS, 1.0, "grpc-batch"),
-        Scenario("S3", "gRPC 1/call x64, 80/20 mix", 64, 1, CROSS_SHARD_FRACTION_MIX, "grpc-single"),
+        Scenario(
+            "S3",
+            "gRPC 1/call x64, 80/20 mix, coalescing client",
+            64,
+            1,
+            CROSS_SHARD_FRACTION_MIX,
+            "grpc-coalesce",
+        ),
+        Scenario(
+            "S3U", "gRPC 1/call x64, 80/20 mix, one call each", 64, 1, CROSS_SHARD_FRACTION_MIX, "grpc-single"
+        ),
         Scenario("S4", "HTTP 1/request, 80/20 mix", 64, 1, CROSS_SHARD_FRACTION_MIX, "http-single"),
         Scenario(
             "S5", "HTTP batch 100, 80/20 mix", 8, HTTP_BATCH_ITEMS, CROSS_SHARD_FRACTION_MIX, "http-batch"
@@ -317,10 +331,12 @@ def http_headers(token: str | None) -> dict[str, str]:
     return headers
 
 
-def async_client(target: str, token: str | None, deadline_s: float) -> AsyncBankClient:
+def async_client(
+    target: str, token: str | None, deadline_s: float, coalesce: bool = False
+) -> AsyncBankClient:
     # `token=` only when there is one, so this runs before and after the client grows the argument.
     kwargs: dict[str, Any] = {"token": token} if token else {}
-    return AsyncBankClient(target, deadline_s=deadline_s, **kwargs)
+    return AsyncBankClient(target, deadline_s=deadline_s, coalesce=coalesce, **kwargs)
 
 
 def read_slot_map(etcd_endpoint: str) -> SlotMap:
@@ -680,7 +696,12 @@ async def run_scenario(
             scenario.transport,
         )
     if scenario.transport.startswith("grpc"):
-        client = async_client(cluster.gateway_address, token, LOAD_CALL_DEADLINE_S)
+        client = async_client(
+            cluster.gateway_address,
+            token,
+            LOAD_CALL_DEADLINE_S,
+            coalesce=scenario.transport == "grpc-coalesce",
+        )
         try:
             call = grpc_batch_call(client) if scenario.transport == "grpc-batch" else grpc_single_call(client)
             tally, _ = await closed_loop(call, workload, scenario, config.duration_s, config.warmup_s)
@@ -851,7 +872,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--scenarios",
         default=",".join([*SCENARIOS, "PG"]),
-        help="comma-separated subset of S1..S5 and PG (default: all)",
+        help="comma-separated subset of S1,S2,S3,S3U,S4,S5 and PG (default: all)",
     )
     parser.add_argument(
         "--concurrency", type=int, default=None, help="calls in flight (default: per scenario)"

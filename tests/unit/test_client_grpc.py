@@ -18,7 +18,7 @@ import pytest
 
 from clients import errors
 from clients.client import AsyncBankClient, BankClient
-from clients.retry import RetryPolicy
+from clients.retry import NO_RETRY, RetryPolicy
 from shardbank import errors as bank_errors
 from shardbank.v1 import bank_pb2, bank_pb2_grpc, ledger_pb2, types_pb2
 
@@ -201,6 +201,23 @@ def test_retries_are_bounded(serve: Callable[[FakeBank], str]) -> None:
     assert len(fake.submitted) == FAST.attempts_max
     assert caught.value.reason == bank_errors.SHARD_UNAVAILABLE
     assert len({batch[0].id for batch in fake.submitted}) == 1
+
+
+def test_async_retries_are_bounded_and_no_retry_tries_once(serve: Callable[[FakeBank], str]) -> None:
+    """The first try runs outside tenacity; the tries in all must still be exactly the policy's."""
+    fake = FakeBank(unavailable_calls=100)
+    target = serve(fake)
+
+    async def main(policy: RetryPolicy) -> None:
+        async with AsyncBankClient(target, deadline_s=5, retry_policy=policy) as bank:
+            await bank.deposit(ACCOUNT, 1, "CNY")
+
+    with pytest.raises(errors.Unavailable):
+        asyncio.run(main(FAST))
+    assert len(fake.submitted) == FAST.attempts_max
+    with pytest.raises(errors.Unavailable):
+        asyncio.run(main(NO_RETRY))
+    assert len(fake.submitted) == FAST.attempts_max + 1
 
 
 def test_refused_item_raises_by_reason_without_retry(serve: Callable[[FakeBank], str]) -> None:
