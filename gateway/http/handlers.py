@@ -4,8 +4,10 @@ Single-item routes are batches of one in the gRPC API; each handler here
 unwraps the one result and turns a failed item into the same error a failed
 call would be (`errors.item_error`), so a client sees one error model whether
 the refusal came from the gateway as a status or as an item outcome.
-Handlers stay thin: parsing is `codec`, calling is `calls`, the route table
-(`routes`) says which handler serves which path.
+Handlers stay thin: parsing is `codec` (`transfer_json` for transfers),
+calling is `calls`, the route table (`routes`) says which handler serves
+which path. Single transfers go through `coalesce`: concurrent ones of the
+same caller and kind share one call, each still answered from its own item.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from aiohttp import web
 from google.protobuf import message
 
 from gateway.http import codec, limits
-from gateway.http.calls import call, upstream
-from gateway.http.errors import INVALID_HEADER, INVALID_QUERY, broken_reply, item_error
+from gateway.http.calls import COALESCER_KEY, authorization_of, call, upstream
+from gateway.http.errors import INVALID_HEADER, INVALID_QUERY, REQUEST_ID_KEY, broken_reply, item_error
 from gateway.http.transfer_json import TransferReader, transfer_json, transfers_json
 from shardbank import errors
 from shardbank.v1 import bank_pb2, ledger_pb2, types_pb2
@@ -214,14 +216,9 @@ def submit_one(kind: types_pb2.TransferKind.ValueType) -> Handler:
         )
         transfer.id = transfer_id_of(request, transfer.id)
         transfer.kind = kind
-        reply: ledger_pb2.TransfersResponse = await call(
-            request,
-            upstream(request).bank.SubmitTransfers,
-            bank_pb2.SubmitTransfersRequest(transfers=[transfer]),
-        )
-        if len(reply.transfers) != 1:
-            raise broken_reply(f"{len(reply.transfers)} transfers for one item")
-        return transfer_response(reply.transfers[0])
+        coalescer = request.app[COALESCER_KEY]
+        outcome = await coalescer.submit(transfer, authorization_of(request), request[REQUEST_ID_KEY])
+        return transfer_response(outcome)
 
     return handler
 
