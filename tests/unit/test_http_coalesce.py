@@ -190,6 +190,8 @@ def test_request_ids_reach_the_gateway_alone_and_through_the_coalesced_log_line(
         replies = _concurrently(http, [(ADMIN, b) for b in bodies])
     alone, shared = http.fake.calls
     assert alone.metadata["x-request-id"] == replies[0].headers["X-Request-Id"]
+    assert coalesce.COALESCED_REQUESTS_METADATA not in alone.metadata
+    assert shared.metadata[coalesce.COALESCED_REQUESTS_METADATA] == "2"
     (line,) = [entry for entry in logs if entry["event"] == "http_transfers_coalesced"]
     assert line["request_id"] == shared.metadata["x-request-id"]
     assert line["member_request_ids"] == [r.headers["X-Request-Id"] for r in replies[1:]]
