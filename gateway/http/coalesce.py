@@ -156,7 +156,14 @@ class TransferCoalescer:
 
     async def _alone(self, authorization: str | None, waiter: _Waiter) -> types_pb2.Transfer:
         """A call of its own, with the request's own metadata (as before coalescing)."""
-        await self._call(authorization, [waiter])
+        try:
+            await self._call(authorization, [waiter])
+        except BaseException:
+            # This request is being cancelled: nobody will read the outcome
+            # `_call` set, so mark it read (no "exception never retrieved").
+            if waiter.outcome.done() and not waiter.outcome.cancelled():
+                waiter.outcome.exception()
+            raise
         return await waiter.outcome
 
     def _flush(self, key: LaneKey) -> None:

@@ -206,3 +206,13 @@ def test_a_call_level_failure_reaches_every_member(one_call_per_lane: None) -> N
     for reply in replies:
         reply.error(503, "UNAVAILABLE", errors.SHARD_UNAVAILABLE)
         assert reply.headers["Retry-After"]
+
+
+def test_past_the_queue_limit_a_request_makes_its_own_call(
+    http: Http, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(coalesce, "QUEUE_ITEMS_MAX", 1)
+    replies = _concurrently(http, [(ADMIN, _body(COMMITTED)) for _ in range(4)])
+    assert [r.status for r in replies] == [201] * 4
+    # Without the limit the three sent during the held call would share one.
+    assert [len(c.request.transfers) for c in http.fake.calls] == [1, 1, 1, 1]  # type: ignore[attr-defined]
