@@ -23,12 +23,17 @@ What makes a shared call give each request the answer its own call would:
   HTTP exactly as it did a batch of one (`handlers.transfer_response`).
 - A call-level failure (a gRPC status) is every member's failure, each its
   own copy of the error.
+- Deposits and withdrawals are never shared: the gateway writes an audit
+  record per item of those kinds (`gateway.auth.guard.MONEY_ACTIONS`) with
+  the call's request id, and the hash-chained audit log must keep naming the
+  HTTP request that moved the cash. Transfers and payments, the bulk of
+  traffic, are not audited per call.
 
 Request ids: a call of one carries the request's own `x-request-id`, as
 before. A shared call carries a fresh id, and the edge logs one
 `http_transfers_coalesced` line naming that id with every member's request
-id and transfer id, so a gateway log line (or an audit record) of the shared
-call leads back to each HTTP request.
+id and transfer id, so the gateway's lines about the shared call
+(`transfers_submitted` names the transfer ids) lead back to each request.
 
 Rate limit: the gateway's per-key bucket takes one token per call, so a
 shared call of N requests takes one token, not N (a caller can get the same
@@ -51,6 +56,7 @@ from dataclasses import dataclass, field
 import grpc
 import structlog
 
+from gateway.auth.guard import MONEY_ACTIONS
 from gateway.http.errors import HttpError, broken_reply, rpc_failure
 from shardbank import errors
 from shardbank.v1 import bank_pb2, bank_pb2_grpc, types_pb2
@@ -73,6 +79,9 @@ QUEUE_ITEMS_MAX = 4096
 COALESCED_REQUESTS_METADATA = "x-coalesced-requests"
 # Request ids of one shared call named in its log line (the rest are counted).
 LOGGED_MEMBERS_MAX = 256
+
+# Kinds audited per item with the call's request id: each request its own call.
+ALONE_KINDS = frozenset(MONEY_ACTIONS)
 
 if not GROUP_ITEMS_MAX <= QUEUE_ITEMS_MAX:
     raise RuntimeError("a shared call must fit in a lane's queue")
@@ -133,12 +142,14 @@ class TransferCoalescer:
         `authorization`: the request's header as checked by
         `calls.authorization_of` (None when absent), forwarded unchanged.
         """
+        outcome: asyncio.Future[types_pb2.Transfer] = asyncio.get_running_loop().create_future()
+        waiter = _Waiter(transfer, request_id, id_key(transfer.id), outcome)
+        if transfer.kind in ALONE_KINDS:
+            return await self._alone(authorization, waiter)
         key = (authorization, transfer.kind)
         lane = self._lanes.get(key)
         if lane is None:
             lane = self._lanes[key] = _Lane()
-        outcome: asyncio.Future[types_pb2.Transfer] = asyncio.get_running_loop().create_future()
-        waiter = _Waiter(transfer, request_id, id_key(transfer.id), outcome)
         if waiter.id_key in lane.ids or len(lane.queue) >= QUEUE_ITEMS_MAX:
             return await self._alone(authorization, waiter)
         lane.queue.append(waiter)

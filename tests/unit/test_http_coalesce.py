@@ -216,3 +216,23 @@ def test_past_the_queue_limit_a_request_makes_its_own_call(
     assert [r.status for r in replies] == [201] * 4
     # Without the limit the three sent during the held call would share one.
     assert [len(c.request.transfers) for c in http.fake.calls] == [1, 1, 1, 1]  # type: ignore[attr-defined]
+
+
+def test_deposits_and_withdrawals_never_share_a_call(http: Http) -> None:
+    """They are audited per item with the call's request id, which must stay the request's own."""
+
+    async def run() -> list[Reply]:
+        async def one(path: str) -> Reply:
+            headers = {"Content-Type": "application/json", "Authorization": TELLER}
+            return await http._request("POST", path, data=json.dumps(_body(COMMITTED)), headers=headers)
+
+        first = asyncio.ensure_future(one("/v1/deposits"))
+        await asyncio.sleep(FIRST_CALL_HOLD_S / 3)
+        rest = await asyncio.gather(*(one(p) for p in ["/v1/deposits", "/v1/withdrawals"] * 2))
+        return [await first, *rest]
+
+    replies = http.loop.run_until_complete(run())
+    assert [r.status for r in replies] == [201] * 5
+    calls = http.fake.calls
+    assert [len(c.request.transfers) for c in calls] == [1] * 5  # type: ignore[attr-defined]
+    assert {c.metadata["x-request-id"] for c in calls} == {r.headers["X-Request-Id"] for r in replies}
