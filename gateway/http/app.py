@@ -16,7 +16,8 @@ import structlog
 from aiohttp import web
 
 from gateway.http import docs, limits, meta, openapi, routes
-from gateway.http.calls import UPSTREAM_KEY, Upstream
+from gateway.http.calls import COALESCER_KEY, UPSTREAM_KEY, Upstream
+from gateway.http.coalesce import TransferCoalescer
 from gateway.http.errors import error_middleware
 
 log = structlog.get_logger("gateway.http")
@@ -36,7 +37,10 @@ def create_app(bank_target: str, *, call_deadline_s: float = limits.CALL_DEADLIN
     async def channel(app: web.Application) -> AsyncIterator[None]:
         upstream = Upstream.connect(bank_target, call_deadline_s)
         app[UPSTREAM_KEY] = upstream
+        coalescer = TransferCoalescer(upstream.bank, call_deadline_s)
+        app[COALESCER_KEY] = coalescer
         yield
+        await coalescer.close()
         await upstream.channel.close()
 
     app.cleanup_ctx.append(channel)

@@ -17,6 +17,7 @@ from aiohttp import web
 from grpc_health.v1 import health_pb2_grpc
 
 from gateway.http import limits
+from gateway.http.coalesce import TransferCoalescer
 from gateway.http.errors import INVALID_HEADER, REQUEST_ID_KEY, rpc_failure
 from shardbank import errors
 from shardbank.v1 import bank_pb2_grpc, risk_pb2_grpc
@@ -55,27 +56,39 @@ class Upstream:
 
 
 UPSTREAM_KEY = web.AppKey("upstream", Upstream)
+# Single-transfer routes submit through this (`coalesce`), on the same channel.
+COALESCER_KEY = web.AppKey("coalescer", TransferCoalescer)
 
 
 def upstream(request: web.Request) -> Upstream:
     return request.app[UPSTREAM_KEY]
 
 
-def call_metadata(request: web.Request) -> tuple[tuple[str, str], ...]:
-    metadata: list[tuple[str, str]] = [("x-request-id", request[REQUEST_ID_KEY])]
+def authorization_of(request: web.Request) -> str | None:
+    """The Authorization header to forward (None when absent; an empty one is
+    forwarded empty, and refused upstream as malformed), checked so that it
+    can be gRPC metadata: printable ASCII, bounded, given once."""
     authorization = request.headers.getall("Authorization", [])
     if len(authorization) > 1:
         raise errors.invalid(INVALID_HEADER, "Authorization given more than once")
-    if authorization:
-        value = authorization[0]
-        # gRPC metadata values are printable ASCII; anything else would make
-        # the call itself fail with an unhelpful error.
-        if len(value) > limits.AUTHORIZATION_LENGTH_MAX or not (value.isascii() and value.isprintable()):
-            raise errors.invalid(
-                INVALID_HEADER,
-                f"Authorization must be at most {limits.AUTHORIZATION_LENGTH_MAX} printable ASCII characters",
-            )
-        metadata.append(("authorization", value))
+    if not authorization:
+        return None
+    value = authorization[0]
+    # gRPC metadata values are printable ASCII; anything else would make
+    # the call itself fail with an unhelpful error.
+    if len(value) > limits.AUTHORIZATION_LENGTH_MAX or not (value.isascii() and value.isprintable()):
+        raise errors.invalid(
+            INVALID_HEADER,
+            f"Authorization must be at most {limits.AUTHORIZATION_LENGTH_MAX} printable ASCII characters",
+        )
+    return value
+
+
+def call_metadata(request: web.Request) -> tuple[tuple[str, str], ...]:
+    metadata: list[tuple[str, str]] = [("x-request-id", request[REQUEST_ID_KEY])]
+    authorization = authorization_of(request)
+    if authorization is not None:
+        metadata.append(("authorization", authorization))
     return tuple(metadata)
 
 

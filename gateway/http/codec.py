@@ -8,7 +8,11 @@ top-level fields a client may set (`allowed`): fields that come from the path
 or the route (account id, transfer kind) and output-only fields are refused
 rather than quietly overwritten, so a client never believes it set something
 it did not. Responses are `MessageToDict` with proto field names and every
-field printed (a zero balance shows as "0", not as a missing key).
+field printed (a zero balance shows as "0", not as a missing key), written
+by `orjson` (several times faster than `json.dumps`; the text differs only
+in whitespace and in sending non-ASCII as UTF-8 rather than `\\u` escapes).
+Bodies are still read by the standard library: its hooks refuse duplicate
+keys and inexact numbers, which orjson cannot.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from collections.abc import Collection
 from typing import Any, TypeVar
 
 import grpc
+import orjson
 from aiohttp import web
 from google.protobuf import descriptor, json_format, message
 
@@ -44,6 +49,19 @@ _ERROR_MESSAGE_LENGTH_MAX = 300
 def to_json(msg: message.Message) -> dict[str, Any]:
     return json_format.MessageToDict(
         msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+def json_body(
+    value: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    """`web.json_response` (same Content-Type) serialized by orjson."""
+    return web.Response(
+        body=orjson.dumps(value),
+        status=status,
+        headers=headers,
+        content_type=JSON_CONTENT_TYPE,
+        charset="utf-8",
     )
 
 

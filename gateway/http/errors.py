@@ -104,6 +104,11 @@ def item_error(code: int, reason: str, message: str) -> errors.BankError:
     return errors.BankError(errors.status_code(code), reason or errors.status_code(code).name, message)
 
 
+def broken_reply(what: str) -> errors.BankError:
+    """The gateway answered with something other than one outcome per item: its bug, our 500."""
+    return errors.BankError(grpc.StatusCode.INTERNAL, errors.INTERNAL, f"unexpected reply: {what}")
+
+
 def rpc_failure(exc: grpc.RpcError) -> errors.BankError:
     """A gRPC status (with its ErrorInfo and RetryInfo) as an HttpError.
 

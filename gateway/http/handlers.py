@@ -4,8 +4,10 @@ Single-item routes are batches of one in the gRPC API; each handler here
 unwraps the one result and turns a failed item into the same error a failed
 call would be (`errors.item_error`), so a client sees one error model whether
 the refusal came from the gateway as a status or as an item outcome.
-Handlers stay thin: parsing is `codec`, calling is `calls`, the route table
-(`routes`) says which handler serves which path.
+Handlers stay thin: parsing is `codec` (`transfer_json` for transfers),
+calling is `calls`, the route table (`routes`) says which handler serves
+which path. Single transfers go through `coalesce`: concurrent ones of the
+same caller and kind share one call, each still answered from its own item.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from aiohttp import web
 from google.protobuf import message
 
 from gateway.http import codec, limits
-from gateway.http.calls import call, upstream
-from gateway.http.errors import INVALID_HEADER, INVALID_QUERY, item_error
+from gateway.http.calls import COALESCER_KEY, authorization_of, call, upstream
+from gateway.http.errors import INVALID_HEADER, INVALID_QUERY, REQUEST_ID_KEY, broken_reply, item_error
+from gateway.http.transfer_json import TransferReader, transfer_json, transfers_json
 from shardbank import errors
 from shardbank.v1 import bank_pb2, ledger_pb2, types_pb2
 
@@ -42,11 +45,15 @@ CONTACT_INPUT_FIELDS = ("phone", "name")
 # POST /v1/accounts/{account_id}:freeze|:unfreeze|:close.
 STATUS_INPUT_FIELDS = ("reason",)
 _UINT64_MAX = 2**64 - 1
+_SINGLE_TRANSFER = TransferReader(TRANSFER_INPUT_FIELDS)
+# A batch item may also set its kind.
+BATCH_ITEM_INPUT_FIELDS = (*TRANSFER_INPUT_FIELDS, "kind")
+_BATCH_ITEM = TransferReader(BATCH_ITEM_INPUT_FIELDS)
 
 
 def json_response(msg: message.Message, status: int = 200, location: str | None = None) -> web.Response:
     headers = {"Location": location} if location else None
-    return web.json_response(codec.to_json(msg), status=status, headers=headers)
+    return codec.json_body(codec.to_json(msg), status, headers)
 
 
 def account_id_of(request: web.Request) -> int:
@@ -57,30 +64,22 @@ def account_id_of(request: web.Request) -> int:
     return int(text)
 
 
-def _broken_reply(what: str) -> errors.BankError:
-    """The gateway answered a batch of one with something else: its bug, our 500."""
-    return errors.BankError(grpc.StatusCode.INTERNAL, errors.INTERNAL, f"unexpected reply: {what}")
-
-
 def one_account(reply: ledger_pb2.AccountsResponse) -> types_pb2.Account:
     if len(reply.results) != 1:
-        raise _broken_reply(f"{len(reply.results)} account results for one item")
+        raise broken_reply(f"{len(reply.results)} account results for one item")
     result = reply.results[0]
     if result.code != 0:
         raise item_error(result.code, result.reason, result.message)
     if not result.HasField("account"):
-        raise _broken_reply("an account result without the account")
+        raise broken_reply("an account result without the account")
     return result.account
 
 
-def transfer_response(reply: ledger_pb2.TransfersResponse) -> web.Response:
+def transfer_response(outcome: types_pb2.Transfer) -> web.Response:
     """201 when committed, 202 when pending (cross-shard, decision not yet
     made); a refused or unsettled item is an error with the transfer's id and
     status in `details` (ABORTED is final for the id, REJECTED leaves it free,
     PENDING/UNSPECIFIED mean resend the same id)."""
-    if len(reply.transfers) != 1:
-        raise _broken_reply(f"{len(reply.transfers)} transfers for one item")
-    outcome = reply.transfers[0]
     location = f"/v1/transfers/{outcome.id}"
     if outcome.code != 0:
         failure = item_error(outcome.code, outcome.reason, outcome.message)
@@ -88,10 +87,10 @@ def transfer_response(reply: ledger_pb2.TransfersResponse) -> web.Response:
         failure.metadata["transfer_status"] = types_pb2.TransferStatus.Name(outcome.status)
         raise failure
     if outcome.status == types_pb2.TRANSFER_STATUS_COMMITTED:
-        return json_response(outcome, 201, location)
+        return codec.json_body(transfer_json(outcome), 201, {"Location": location})
     if outcome.status == types_pb2.TRANSFER_STATUS_PENDING:
-        return json_response(outcome, 202, location)
-    raise _broken_reply(f"code 0 with status {types_pb2.TransferStatus.Name(outcome.status)}")
+        return codec.json_body(transfer_json(outcome), 202, {"Location": location})
+    raise broken_reply(f"code 0 with status {types_pb2.TransferStatus.Name(outcome.status)}")
 
 
 def _same_id(first: str, second: str) -> bool:
@@ -212,15 +211,14 @@ async def list_history(request: web.Request) -> web.StreamResponse:
 def submit_one(kind: types_pb2.TransferKind.ValueType) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
         body = await codec.read_json_object(request)
-        transfer = codec.parse_message(body, types_pb2.Transfer(), TRANSFER_INPUT_FIELDS)
+        transfer = _SINGLE_TRANSFER.read(body) or codec.parse_message(
+            body, types_pb2.Transfer(), TRANSFER_INPUT_FIELDS
+        )
         transfer.id = transfer_id_of(request, transfer.id)
         transfer.kind = kind
-        reply: ledger_pb2.TransfersResponse = await call(
-            request,
-            upstream(request).bank.SubmitTransfers,
-            bank_pb2.SubmitTransfersRequest(transfers=[transfer]),
-        )
-        return transfer_response(reply)
+        coalescer = request.app[COALESCER_KEY]
+        outcome = await coalescer.submit(transfer, authorization_of(request), request[REQUEST_ID_KEY])
+        return transfer_response(outcome)
 
     return handler
 
@@ -239,21 +237,29 @@ def _check_batch_length(body: dict[str, Any]) -> None:
         )
 
 
-async def submit_batch(request: web.Request) -> web.StreamResponse:
-    if request.headers.get("Idempotency-Key") is not None:
-        raise errors.invalid(INVALID_HEADER, "a batch carries one id per transfer, not an Idempotency-Key")
-    body = await codec.read_json_object(request)
-    _check_batch_length(body)
+def _parse_batch(body: dict[str, Any]) -> bank_pb2.SubmitTransfersRequest:
     items = body.get("transfers")
+    if body.keys() == {"transfers"} and isinstance(items, list):
+        fast = [t for t in map(_BATCH_ITEM.read, items) if t is not None]
+        if len(fast) == len(items):
+            return bank_pb2.SubmitTransfersRequest(transfers=fast)
     if isinstance(items, list):
         # Like the single routes, a batch item may set only input fields (and
         # its kind): a client must not believe it set `status` or `code`.
         for item in items:
             if isinstance(item, dict):
-                codec.parse_message(item, types_pb2.Transfer(), (*TRANSFER_INPUT_FIELDS, "kind"))
-    batch = codec.parse_message(body, bank_pb2.SubmitTransfersRequest())
+                codec.parse_message(item, types_pb2.Transfer(), BATCH_ITEM_INPUT_FIELDS)
+    return codec.parse_message(body, bank_pb2.SubmitTransfersRequest())
+
+
+async def submit_batch(request: web.Request) -> web.StreamResponse:
+    if request.headers.get("Idempotency-Key") is not None:
+        raise errors.invalid(INVALID_HEADER, "a batch carries one id per transfer, not an Idempotency-Key")
+    body = await codec.read_json_object(request)
+    _check_batch_length(body)
+    batch = _parse_batch(body)
     reply: ledger_pb2.TransfersResponse = await call(request, upstream(request).bank.SubmitTransfers, batch)
-    return json_response(reply)
+    return codec.json_body(transfers_json(reply))
 
 
 async def get_transfer(request: web.Request) -> web.StreamResponse:
