@@ -80,8 +80,24 @@ def rate_limited_status(wait_s: float) -> grpc.Status:
     )
 
 
+# Sent by the HTTP edge on a call that carries several requests (gateway.http.coalesce).
+COALESCED_REQUESTS_METADATA = "x-coalesced-requests"
+COALESCED_DIGITS_MAX = 6
+
+
 def _metadata_values(metadata: Sequence[Any] | None, name: str) -> list[str]:
     return [str(value) for key, value in (metadata or ()) if key == name]
+
+
+def coalesced_requests(metadata: Sequence[Any] | None) -> int:
+    """How many requests a call stands for: the HTTP edge's shared calls say so
+    in `x-coalesced-requests`, so the key's rate limit counts requests, not
+    calls. Unchecked on purpose: a larger count only makes the caller's own
+    limit stricter; anything but one plain number counts as 1."""
+    values = _metadata_values(metadata, COALESCED_REQUESTS_METADATA)
+    if len(values) != 1 or not values[0].isdigit() or len(values[0]) > COALESCED_DIGITS_MAX:
+        return 1
+    return max(1, int(values[0]))
 
 
 def _refusal(handler: grpc.RpcMethodHandler, status: grpc.Status) -> grpc.RpcMethodHandler:
@@ -135,7 +151,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         except errors.BankError as refused:
             log.info("auth_refused", rpc=rpc, code=refused.code.name, reason=refused.reason)
             return _refusal(handler, refused.to_status())
-        wait_s = self._limiter.take(key.key_id, permissions.RATE_LIMITS[key.role])
+        wait_s = self._limiter.take(
+            key.key_id, permissions.RATE_LIMITS[key.role], coalesced_requests(metadata)
+        )
         if wait_s > 0:
             log.info("rate_limited", rpc=rpc, key_id=key.key_id, role=key.role)
             return _refusal(handler, rate_limited_status(wait_s))

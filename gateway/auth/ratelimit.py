@@ -33,8 +33,13 @@ class RateLimiter:
         self._clock = clock
         self._buckets: OrderedDict[str, Bucket] = OrderedDict()
 
-    def take(self, key_id: str, limit: RateLimit) -> float:
-        """0.0 when the call may go ahead, else the seconds until it may."""
+    def take(self, key_id: str, limit: RateLimit, cost: int = 1) -> float:
+        """0.0 when the call may go ahead, else the seconds until it may.
+
+        `cost`: the requests this call stands for (the HTTP edge's shared calls
+        carry several), at least 1 and at most the burst, so a call can always
+        pass once the bucket is full."""
+        need = float(min(max(1, cost), limit.burst))
         now = self._clock()
         bucket = self._buckets.get(key_id)
         if bucket is None:
@@ -46,10 +51,10 @@ class RateLimiter:
         elapsed_s = max(0.0, now - bucket.updated_s)
         bucket.tokens = min(float(limit.burst), bucket.tokens + elapsed_s * limit.requests_per_second)
         bucket.updated_s = now
-        if bucket.tokens >= 1.0:
-            bucket.tokens -= 1.0
+        if bucket.tokens >= need:
+            bucket.tokens -= need
             return 0.0
-        return (1.0 - bucket.tokens) / limit.requests_per_second
+        return (need - bucket.tokens) / limit.requests_per_second
 
 
 def retry_after_s(wait_s: float) -> int:

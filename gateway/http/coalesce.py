@@ -35,11 +35,12 @@ before. A shared call carries a fresh id, and the edge logs one
 id and transfer id, so the gateway's lines about the shared call
 (`transfers_submitted` names the transfer ids) lead back to each request.
 
-Rate limit: the gateway's per-key bucket takes one token per call, so a
-shared call of N requests takes one token, not N (a caller can get the same
-from the batch route already). A shared call says how many requests it
-carries in `x-coalesced-requests`, so the gateway can take N tokens instead;
-the count can only make a caller's limit stricter, so it needs no trust.
+Rate limit: a shared call says how many requests it carries in
+`x-coalesced-requests`, and the gateway's per-key bucket takes that many
+tokens (`gateway.auth.interceptor.coalesced_requests`), so coalescing does
+not loosen a key's limit; the count can only make a caller's limit
+stricter, so it needs no trust. An empty bucket refuses the shared call, so
+every request in it gets 429.
 
 Limits: at most CALLS_IN_FLIGHT_MAX calls per lane (the pace: more requests
 wait and leave together), GROUP_ITEMS_MAX transfers per call, and
@@ -57,6 +58,7 @@ import grpc
 import structlog
 
 from gateway.auth.guard import MONEY_ACTIONS
+from gateway.auth.interceptor import COALESCED_REQUESTS_METADATA
 from gateway.http.errors import HttpError, broken_reply, rpc_failure
 from shardbank import errors
 from shardbank.v1 import bank_pb2, bank_pb2_grpc, types_pb2
@@ -75,8 +77,6 @@ CALLS_IN_FLIGHT_MAX = 2
 GROUP_ITEMS_MAX = 256
 # Requests waiting in one lane; more make their own call (no unbounded queue).
 QUEUE_ITEMS_MAX = 4096
-# Metadata of a shared call: how many HTTP requests it carries (rate limit).
-COALESCED_REQUESTS_METADATA = "x-coalesced-requests"
 # Request ids of one shared call named in its log line (the rest are counted).
 LOGGED_MEMBERS_MAX = 256
 

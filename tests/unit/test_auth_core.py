@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from gateway import convert
-from gateway.auth import audit, keys, permissions
+from gateway.auth import audit, interceptor, keys, permissions
 from gateway.auth import principal as principals
 from gateway.auth.principal import Principal
 from gateway.auth.ratelimit import RateLimiter, retry_after_s
@@ -180,3 +180,26 @@ def test_token_bucket() -> None:
     assert [limiter.take("k", limit) for _ in range(3)] == [0.0, 0.0, 0.0]  # refills to the burst only
     assert limiter.take("k", limit) > 0
     assert retry_after_s(0.01) == 1 and retry_after_s(1.2) == 2
+
+
+def test_a_shared_call_costs_one_token_per_request_it_carries() -> None:
+    now = [100.0]
+    limiter = RateLimiter(clock=lambda: now[0])
+    limit = permissions.RateLimit(requests_per_second=2.0, burst=5)
+    assert limiter.take("k", limit, cost=3) == 0.0
+    assert limiter.take("k", limit, cost=3) == pytest.approx(0.5)  # 2 left, 3 needed: nothing taken
+    assert limiter.take("k", limit, cost=2) == 0.0
+    assert limiter.take("k", limit, cost=0) > 0  # at least one token, whatever the count says
+    now[0] += 100
+    assert limiter.take("k", limit, cost=50) == 0.0  # more than the burst costs the burst: never stuck
+    assert limiter.take("k", limit) > 0
+
+
+def test_coalesced_request_count_from_metadata() -> None:
+    key = interceptor.COALESCED_REQUESTS_METADATA
+    assert interceptor.coalesced_requests(None) == 1
+    assert interceptor.coalesced_requests([(key, "17")]) == 17
+    assert interceptor.coalesced_requests([(key, "0")]) == 1
+    for bad in ("-3", "1.5", "", "x", "9" * 7):
+        assert interceptor.coalesced_requests([(key, bad)]) == 1
+    assert interceptor.coalesced_requests([(key, "2"), (key, "3")]) == 1
