@@ -79,10 +79,12 @@ class TransferPlan:
         self._lanes = lanes
 
     def target(self, item: types_pb2.Transfer) -> Target:
+        # One read of the current map per item, not one per account looked up.
+        owner = self._cluster.slot_map.owner
         if item.risk.decision == types_pb2.RISK_DECISION_BLOCK:
             # Recorded as refused by its record holder alone: no 2PC for a refusal.
-            return routing.shard(routing.record_holder(item, self._cluster.owner))
-        return routing.transfer_target(item, self._cluster.owner)
+            return routing.shard(routing.record_holder(item, owner))
+        return routing.transfer_target(item, owner)
 
     async def send(
         self, target: Target, items: list[types_pb2.Transfer], timeout_s: float
