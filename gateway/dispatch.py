@@ -145,12 +145,12 @@ async def _round(
             unreachable = True
     groups = group(targets)
     timeout_s = budget.call_timeout_s()
-    answers = await asyncio.gather(
-        *(
-            _send(plan, target, [state.items[i] for i in indices], timeout_s)
-            for target, indices in groups.items()
-        )
-    )
+    sends = [
+        _send(plan, target, [state.items[i] for i in indices], timeout_s)
+        for target, indices in groups.items()
+    ]
+    # One destination (every single-transfer call): awaited here, no task to create.
+    answers = [await sends[0]] if len(sends) == 1 else await asyncio.gather(*sends)
     moved = False
     for (target, indices), answer in zip(groups.items(), answers, strict=True):
         if isinstance(answer, errors.BankError):

@@ -88,6 +88,8 @@ class BankHandlers:
         self._desk = desk
         self._review_test_rule = review_test_rule
         self._risk = risk
+        # Concurrent transfer sends to one node / the coordinator share calls.
+        self._transfer_lanes = plans.transfer_lanes(cluster)
 
     def _caller(self) -> Principal | None:
         return None if self._auth is None else self._auth.caller()
@@ -300,18 +302,17 @@ class BankHandlers:
         """To the ledger; with the review test hook on, the items it picks go
         to the review desk instead (the risk engine takes this place)."""
         rule, desk = self._review_test_rule, self._desk
+        plan = plans.TransferPlan(self._cluster, self._transfer_lanes)
         picked = [i for i, t in enumerate(clean) if rule is not None and rule.fires(t)]
         if rule is None or desk is None or not picked:
-            return await dispatch.dispatch(clean, plans.TransferPlan(self._cluster), self._cluster, budget)
+            return await dispatch.dispatch(clean, plan, self._cluster, budget)
         picked_set = set(picked)
         rest = [i for i in range(len(clean)) if i not in picked_set]
         held_items = [clean[i] for i in picked]
         assessments = await testhook.raise_alerts(desk, held_items, rule, caller)
         held, passed = await asyncio.gather(
             desk.hold(held_items, assessments, budget),
-            dispatch.dispatch(
-                [clean[i] for i in rest], plans.TransferPlan(self._cluster), self._cluster, budget
-            ),
+            dispatch.dispatch([clean[i] for i in rest], plan, self._cluster, budget),
         )
         routed: list[types_pb2.Transfer | None] = [None] * len(clean)
         for index, outcome in zip([*picked, *rest], [*held, *passed], strict=True):

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Generic, Protocol, TypeVar
 
 import grpc
 
 from gateway import convert, routing
+from gateway.coalesce import Coalescer
 from gateway.routing import Disposition, Target
-from gateway.upstream import Cluster, downstream_error
-from shardbank import errors, ids
+from gateway.upstream import Cluster, downstream_error, unavailable
+from shardbank import errors, ids, metrics
 from shardbank.v1 import coordinator_pb2, ledger_pb2, ledger_pb2_grpc, types_pb2
 
 
@@ -18,37 +20,78 @@ def outcome_error(code: int, reason: str, message: str) -> errors.BankError:
     return errors.BankError(errors.status_code(code), reason, message)
 
 
+async def send_transfers(
+    cluster: Cluster, target: Target, items: list[types_pb2.Transfer], timeout_s: float
+) -> list[types_pb2.Transfer]:
+    """One downstream call: a shard's ApplyTransfers, or the coordinator leader's SubmitTransfers."""
+    try:
+        if target.is_coordinator:
+            coordinator = await cluster.leader.stub()
+            request = coordinator_pb2.CoordinatorSubmitRequest(transfers=items)
+            reply: coordinator_pb2.CoordinatorSubmitResponse = await coordinator.SubmitTransfers(
+                request, timeout=timeout_s
+            )
+            return list(reply.transfers)
+        node = cluster.node(target.shard_id)
+        applied: ledger_pb2.TransfersResponse = await node.ApplyTransfers(
+            ledger_pb2.ApplyTransfersRequest(transfers=items), timeout=timeout_s
+        )
+        return list(applied.transfers)
+    except grpc.RpcError as exc:
+        raise downstream_error(exc, target) from None
+
+
+def transfer_rpc(target: Target) -> str:
+    return "SubmitTransfers" if target.is_coordinator else "ApplyTransfers"
+
+
+def late_transfer_error(target: Target) -> errors.BankError:
+    """A caller's own deadline passed before its (shared) call answered: as a
+    downstream DEADLINE_EXCEEDED reads (`downstream_error`), resend may help."""
+    reason = errors.NOT_LEADER if target.is_coordinator else errors.SHARD_UNAVAILABLE
+    return unavailable(reason, f"{target} did not answer in time")
+
+
+def _observe_transfer_call(target: Target, items: int, callers: int) -> None:
+    rpc = transfer_rpc(target)
+    metrics.GATEWAY_DOWNSTREAM_ITEMS.labels(rpc).observe(items)
+    metrics.GATEWAY_DOWNSTREAM_CALLERS.labels(rpc).observe(callers)
+
+
+TransferLanes = Coalescer[Target, types_pb2.Transfer, types_pb2.Transfer]
+
+
+def transfer_lanes(cluster: Cluster) -> TransferLanes:
+    """One per gateway: concurrent transfer sends to one destination share calls."""
+    return Coalescer(
+        functools.partial(send_transfers, cluster), late_transfer_error, observe=_observe_transfer_call
+    )
+
+
 class TransferPlan:
     """Deposits/withdrawals and same-shard transfers to the owning node,
-    cross-shard transfers and payments to the coordinator leader."""
+    cross-shard transfers and payments to the coordinator leader. With
+    `lanes`, concurrent callers' sends to one destination share calls
+    (`gateway.coalesce`); without, each send is its own call."""
 
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(self, cluster: Cluster, lanes: TransferLanes | None = None) -> None:
         self._cluster = cluster
+        self._lanes = lanes
 
     def target(self, item: types_pb2.Transfer) -> Target:
+        # One read of the current map per item, not one per account looked up.
+        owner = self._cluster.slot_map.owner
         if item.risk.decision == types_pb2.RISK_DECISION_BLOCK:
             # Recorded as refused by its record holder alone: no 2PC for a refusal.
-            return routing.shard(routing.record_holder(item, self._cluster.owner))
-        return routing.transfer_target(item, self._cluster.owner)
+            return routing.shard(routing.record_holder(item, owner))
+        return routing.transfer_target(item, owner)
 
     async def send(
         self, target: Target, items: list[types_pb2.Transfer], timeout_s: float
     ) -> list[types_pb2.Transfer]:
-        try:
-            if target.is_coordinator:
-                coordinator = await self._cluster.leader.stub()
-                request = coordinator_pb2.CoordinatorSubmitRequest(transfers=items)
-                reply: coordinator_pb2.CoordinatorSubmitResponse = await coordinator.SubmitTransfers(
-                    request, timeout=timeout_s
-                )
-                return list(reply.transfers)
-            node = self._cluster.node(target.shard_id)
-            applied: ledger_pb2.TransfersResponse = await node.ApplyTransfers(
-                ledger_pb2.ApplyTransfersRequest(transfers=items), timeout=timeout_s
-            )
-            return list(applied.transfers)
-        except grpc.RpcError as exc:
-            raise downstream_error(exc, target) from None
+        if self._lanes is not None:
+            return await self._lanes.send(target, items, timeout_s)
+        return await send_transfers(self._cluster, target, items, timeout_s)
 
     def classify(self, result: types_pb2.Transfer) -> Disposition:
         return routing.classify_transfer(result)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 from dataclasses import dataclass, field
@@ -54,6 +55,12 @@ RISK_SERVICE = risk_pb2.DESCRIPTOR.services_by_name["Risk"].full_name
 SHUTDOWN_GRACE_S = 5.0
 # How often health follows the slot map (SERVING once there is one).
 HEALTH_POLL_S = 0.5
+# Net allocations of tracked objects between young-generation collections
+# (CPython's default: 700). Each call allocates hundreds (coroutines, futures,
+# dicts, grpc call objects), so the default collected every few calls: ~5% of
+# the event loop under S3 (py-spy --native, gc_collect_main). Cycles are rare
+# here; the older generations' ratios are left as they are.
+GC_YOUNG_ALLOCATIONS = 20_000
 
 
 @dataclass(frozen=True)
@@ -210,9 +217,19 @@ async def create_gateway(config: GatewayConfig) -> Gateway:
     return gateway
 
 
+def tune_gc() -> None:
+    """Fewer collections for a process that allocates per call, and what
+    start-up built (grpc, protobuf, etcd clients: alive until exit) moved out
+    of the collector's view so full collections no longer walk it."""
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_ALLOCATIONS, middle, old)
+    gc.freeze()
+
+
 async def serve(config: GatewayConfig) -> None:
     gateway = await create_gateway(config)
     await gateway.start()
+    tune_gc()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

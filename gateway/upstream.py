@@ -78,6 +78,7 @@ class LeaderCache:
         self._interceptors = list(interceptors)
         self._address = ""
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._stubs: dict[str, coordinator_pb2_grpc.CoordinatorStub] = {}
         self._refresh = SingleFlight(self._read)
 
     async def read(self) -> meta.Leader | None:
@@ -115,18 +116,21 @@ class LeaderCache:
         address = self._address
         if not address:
             raise unavailable(errors.NOT_LEADER, "no coordinator leader is elected")
-        channel = self._channels.get(address)
-        if channel is None:
+        stub = self._stubs.get(address)
+        if stub is None:
             channel = grpc.aio.insecure_channel(
                 address, options=CHANNEL_OPTIONS, interceptors=self._interceptors
             )
             self._channels[address] = channel
-        return coordinator_pb2_grpc.CoordinatorStub(channel)
+            # A stub builds a callable per method: once per channel, not per call.
+            stub = self._stubs[address] = coordinator_pb2_grpc.CoordinatorStub(channel)
+        return stub
 
     async def close(self) -> None:
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()
+        self._stubs.clear()
 
 
 class Cluster:
@@ -137,6 +141,7 @@ class Cluster:
         self.directory = ShardDirectory(etcd_endpoint, interceptors)
         self.leader = LeaderCache(etcd_endpoint, interceptors)
         self._refresh_map = SingleFlight(self.directory.refresh)
+        self._node_stubs: dict[str, tuple[str, ledger_pb2_grpc.LedgerNodeStub]] = {}
 
     async def start(self) -> None:
         await self.directory.start()
@@ -163,10 +168,18 @@ class Cluster:
         return self.slot_map.owner(account_id)
 
     def node(self, shard_id: str) -> ledger_pb2_grpc.LedgerNodeStub:
+        """The shard's stub, kept while its registered address stays the same
+        (a stub builds a callable per method: ~20 per call otherwise)."""
+        address = self.directory.address(shard_id)
+        cached = self._node_stubs.get(shard_id)
+        if cached is not None and address is not None and cached[0] == address:
+            return cached[1]
         try:
-            return self.directory.stub(shard_id)
+            stub = self.directory.stub(shard_id)
         except UnknownShard:
             raise unavailable(errors.SHARD_UNAVAILABLE, f"{shard_id} is not registered") from None
+        self._node_stubs[shard_id] = (address or "", stub)
+        return stub
 
     async def refresh_map(self) -> None:
         await self._refresh_map()

@@ -97,6 +97,19 @@ GATEWAY_TRANSFERS = Counter(
     "the outcome was not learned).",
     ["kind", "outcome"],
 )
+GATEWAY_DOWNSTREAM_ITEMS = Histogram(
+    "shardbank_gateway_downstream_items",
+    "Transfers in one call from the gateway to a node (ApplyTransfers) or the coordinator leader "
+    "(SubmitTransfers), after concurrent callers' sends were coalesced into it.",
+    ["rpc"],
+    buckets=ITEMS_BUCKETS,
+)
+GATEWAY_DOWNSTREAM_CALLERS = Histogram(
+    "shardbank_gateway_downstream_callers",
+    "Callers (dispatch sends) sharing one downstream transfer call (gateway.coalesce).",
+    ["rpc"],
+    buckets=ITEMS_BUCKETS,
+)
 
 # ---- ledger node ------------------------------------------------------------------
 

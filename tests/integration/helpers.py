@@ -64,12 +64,18 @@ def cluster_with_rules(data_dir: Path, rules: str) -> Iterator[LocalCluster]:
         yield local
     finally:
         local.stop()
-def leader_id(cluster: LocalCluster) -> str:
+
+
+def leader(cluster: LocalCluster) -> meta.Leader:
     """The coordinator that leads now (etcd's leader key)."""
     client = meta.connect(cluster.etcd_endpoint)
     try:
-        leader = meta.read_leader(client)
+        found = meta.read_leader(client)
     finally:
         client.close()
-    assert leader is not None, "no coordinator leader"
-    return leader.coordinator_id
+    assert found is not None, "no coordinator leader"
+    return found
+
+
+def leader_id(cluster: LocalCluster) -> str:
+    return leader(cluster).coordinator_id

@@ -110,3 +110,24 @@ def test_transfer_id_refuses(text: str) -> None:
     with pytest.raises(errors.BankError) as caught:
         ids.normalize_transfer_id(text)
     assert caught.value.reason == errors.INVALID_TRANSFER_ID
+
+
+def _luhn_by_the_book(payload: str) -> int:
+    """The textbook loop, kept as the reference for the fast `luhn_digit`."""
+    total = 0
+    for i, ch in enumerate(reversed(payload)):
+        d = int(ch)
+        if i % 2 == 0:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return (10 - total % 10) % 10
+
+
+def test_luhn_digit_matches_the_textbook_loop_for_every_length() -> None:
+    payloads = ["", "0", "9", "18", "99", "5" * 15, "0" * 15, "9" * 15]
+    payloads += [str(n) for n in range(0, 100_000, 7)]
+    payloads += [str(10**14 + n * 7_919_839) for n in range(5_000)]
+    for payload in payloads:
+        assert ids.luhn_digit(payload) == _luhn_by_the_book(payload), payload
