@@ -46,10 +46,12 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import orjson
 
 from clients.aio import AsyncBankClient
 from clients.channel import CHANNEL_OPTIONS
 from clients.local_cluster import LocalCluster
+from loadtest.http_load import HttpPool
 from shardbank import ids, meta
 from shardbank.identity import cn_check_digit
 from shardbank.slots import SlotMap
@@ -630,23 +632,20 @@ def grpc_single_call(client: AsyncBankClient) -> Call:
     return call
 
 
-def http_call(session: Any, base_url: str, headers: dict[str, str], batched: bool) -> Call:
+def http_call(pool: HttpPool, batched: bool) -> Call:
     async def call(batch: list[types_pb2.Transfer]) -> tuple[int, int]:
         if batched:
-            body: dict[str, Any] = {"transfers": [transfer_json(t, True) for t in batch]}
-            async with session.post(f"{base_url}/v1/transfers:batch", json=body, headers=headers) as r:
-                if r.status != 200:
-                    raise BenchError(f"HTTP {r.status}: {(await r.text())[:200]}")
-                outcomes = (await r.json()).get("transfers", [])
+            body = orjson.dumps({"transfers": [transfer_json(t, True) for t in batch]})
+            reply = await pool.post("/v1/transfers:batch", body)
+            if reply.status != 200:
+                raise BenchError(f"HTTP {reply.status}: {reply.body[:200]!r}")
+            outcomes = orjson.loads(reply.body).get("transfers", [])
             committed = sum(1 for o in outcomes if not o.get("code"))
             return committed, len(outcomes) - committed
         (t,) = batch
-        async with session.post(
-            f"{base_url}/v1/transfers", json=transfer_json(t, False), headers=headers
-        ) as r:
-            if r.status not in (201, 202):
-                raise BenchError(f"HTTP {r.status}: {(await r.text())[:200]}")
-            await r.read()
+        reply = await pool.post("/v1/transfers", orjson.dumps(transfer_json(t, False)))
+        if reply.status not in (201, 202):
+            raise BenchError(f"HTTP {reply.status}: {reply.body[:200]!r}")
         return 1, 0
 
     return call
@@ -708,15 +707,13 @@ async def run_scenario(
         finally:
             await client.close_channel()
         return tally
-    import aiohttp
-
-    connector = aiohttp.TCPConnector(limit=scenario.concurrency)
-    timeout = aiohttp.ClientTimeout(total=LOAD_CALL_DEADLINE_S)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        call = http_call(
-            session, f"http://{cluster.http_address}", http_headers(token), scenario.transport == "http-batch"
-        )
+    host, port = cluster.http_address.rsplit(":", 1)
+    pool = HttpPool(host, int(port), http_headers(token), scenario.concurrency, LOAD_CALL_DEADLINE_S)
+    try:
+        call = http_call(pool, scenario.transport == "http-batch")
         tally, _ = await closed_loop(call, workload, scenario, config.duration_s, config.warmup_s)
+    finally:
+        await pool.close()
     return tally
 
 
