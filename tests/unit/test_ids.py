@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import uuid
 
 import pytest
@@ -110,3 +111,28 @@ def test_transfer_id_refuses(text: str) -> None:
     with pytest.raises(errors.BankError) as caught:
         ids.normalize_transfer_id(text)
     assert caught.value.reason == errors.INVALID_TRANSFER_ID
+
+
+def _luhn_digit_by_the_book(payload: str) -> int:
+    total = 0
+    for i, ch in enumerate(reversed(payload)):
+        d = int(ch) * (2 if i % 2 == 0 else 1)
+        total += d - 9 if d > 9 else d
+    return (10 - total % 10) % 10
+
+
+def test_luhn_digit_matches_the_textbook_loop() -> None:
+    # The table-driven luhn_digit against the plain definition, on every
+    # single digit, both parities of length, and random 15-digit payloads.
+    payloads = [str(d) for d in range(10)] + [str(d) * n for d in range(10) for n in (2, 3, 14, 15)]
+    rng = random.Random(5)
+    payloads += [str(rng.randrange(10**14, 10**15)) for _ in range(2000)]
+    for payload in payloads:
+        assert ids.luhn_digit(payload) == _luhn_digit_by_the_book(payload), payload
+
+
+def test_luhn_digit_refuses_what_is_not_ascii_digits() -> None:
+    for payload in ("12a4", "١٢٣", "12 3", "-123"):
+        with pytest.raises(ValueError):
+            ids.luhn_digit(payload)
+    assert ids.luhn_digit("") == 0

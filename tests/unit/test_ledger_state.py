@@ -552,3 +552,33 @@ def test_prepare_for_an_account_this_shard_does_not_own_is_slot_moved() -> None:
         ledger_pb2.LEG_STATE_UNKNOWN,
     )
     assert node.ledger.accounts[a].held == 0
+
+
+def test_decide_body_shortcut_answers_as_the_full_check() -> None:
+    """A Decide/Finish with the body the leg was prepared with skips the second
+    shape check (_decided_body); anything else still gets it in full."""
+    node = MemoryLedger()
+    a = funded(node, 1_000)
+    other_shard_account = ids.new_account_id()
+    item = move(a, other_shard_account, 100)
+    one_leg(node.legs(prepare(item, types_pb2.LEG_ROLE_DEBIT)))
+    # A malformed body for a prepared id: refused as malformed (not as a
+    # conflict, not decided), and the hold stays.
+    bad = move(a, other_shard_account, 100, item.id)
+    bad.memo = "x" * (limits.MEMO_LENGTH_MAX + 1)
+    refused = one_leg(node.legs(ledger_pb2.DecideRequest(epoch=1, items=[decision(item.id, 1, bad)])))
+    assert (refused.code, refused.reason) == (INVALID, errors.INVALID_ARGUMENT)
+    # The body with its id in upper case: the same transfer.
+    same = move(a, other_shard_account, 100, item.id.upper())
+    mismatch = move(a, other_shard_account, 100, str(uuid.uuid4()))
+    wrong_id = one_leg(node.legs(ledger_pb2.DecideRequest(epoch=1, items=[decision(item.id, 1, mismatch)])))
+    assert (wrong_id.code, wrong_id.reason) == (INVALID, errors.INVALID_TRANSFER_ID)
+    assert node.ledger.accounts[a].held == 100
+    done = one_leg(node.legs(ledger_pb2.DecideRequest(epoch=1, items=[decision(item.id, 1, same)])))
+    assert (done.state, done.code) == (ledger_pb2.LEG_STATE_COMMITTED, OK)
+    assert (node.balance(a), node.ledger.accounts[a].held) == (900, 0)
+    # A Finish (credit role) for the debit record's id finds no credit leg:
+    # the body is checked in full and a tombstone is written with it.
+    tomb = one_leg(node.legs(ledger_pb2.FinishRequest(epoch=1, items=[decision(item.id, 2, item)])))
+    assert (tomb.state, tomb.role) == (ledger_pb2.LEG_STATE_ABORTED, types_pb2.LEG_ROLE_CREDIT)
+    assert tomb.transfer.amount == 100
