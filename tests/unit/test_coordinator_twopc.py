@@ -71,6 +71,12 @@ class FakeNode(ledger_pb2_grpc.LedgerNodeServicer):
     down: set[str] = field(default_factory=set)
     moved: set[int] = field(default_factory=set)  # accounts whose slot left this shard
     delay_s: float = 0.0
+    # Prepare calls running at once (the most seen), and how often an id was
+    # in two of them at once.
+    prepares_now: int = 0
+    prepares_most: int = 0
+    id_overlaps: int = 0
+    ids_now: Counter[str] = field(default_factory=Counter)
 
     async def _gate(self, method: str, epoch: int | None, context: grpc.aio.ServicerContext) -> None:
         self.calls[method] += 1
@@ -103,7 +109,17 @@ class FakeNode(ledger_pb2_grpc.LedgerNodeServicer):
         return S.Leg(transfer=t, role=role, state=S.LEG_STATE_UNKNOWN, code=code, reason=reason)
 
     async def Prepare(self, request: S.PrepareRequest, context: grpc.aio.ServicerContext) -> S.LegsResponse:
-        await self._gate("Prepare", request.epoch, context)
+        self.prepares_now += 1
+        self.prepares_most = max(self.prepares_most, self.prepares_now)
+        for item in request.items:
+            self.ids_now[item.transfer.id] += 1
+            self.id_overlaps += self.ids_now[item.transfer.id] > 1
+        try:
+            await self._gate("Prepare", request.epoch, context)
+        finally:
+            self.prepares_now -= 1
+            for item in request.items:
+                self.ids_now[item.transfer.id] -= 1
         legs = [self._prepare(item.transfer, item.role) for item in request.items]
         return S.LegsResponse(legs=legs)
 
@@ -417,6 +433,60 @@ async def test_concurrent_requests_share_rpcs(cluster: Cluster) -> None:
     calls = cluster.nodes["shard-1"].calls
     assert calls["Prepare"] < 10 and calls["Decide"] < 10, calls
     assert cluster.nodes["shard-2"].calls["Finish"] < 10
+
+
+@with_cluster
+async def test_rounds_overlap_and_all_settle(cluster: Cluster) -> None:
+    """A round does not wait for the one before it: while one waits on its
+    slow Prepare, the next starts (up to ROUNDS_IN_FLIGHT_MAX at once)."""
+    cluster.nodes["shard-1"].delay_s = 0.05
+    watch = cluster.nodes["shard-1"]
+
+    async def later(delay_s: float) -> list[T.Transfer]:
+        await asyncio.sleep(delay_s)
+        return await cluster.submit(transfer(amount=10))
+
+    results = await asyncio.gather(*(later(0.01 * i) for i in range(12)))
+    assert all(r.status == T.TRANSFER_STATUS_COMMITTED for (r,) in results)
+    assert 2 <= watch.prepares_most <= twopc_module.ROUNDS_IN_FLIGHT_MAX
+    assert cluster.acct(ALICE).balance == 880 and cluster.acct(BOB).balance == 120
+    assert cluster.no_holds()
+
+
+@with_cluster
+async def test_one_id_never_runs_in_two_rounds_at_once(cluster: Cluster) -> None:
+    """A resend of an id whose round is in flight waits for that round, then
+    gets the same outcome; the money moves once."""
+    cluster.nodes["shard-1"].delay_s = 0.05
+    watch = cluster.nodes["shard-1"]
+    t = transfer(amount=300)
+
+    async def later(delay_s: float, item: T.Transfer) -> list[T.Transfer]:
+        await asyncio.sleep(delay_s)
+        return await cluster.submit(item)
+
+    results = await asyncio.gather(
+        later(0, t), later(0.01, transfer(amount=1)), later(0.02, t), later(0.03, t)
+    )
+    assert [r.status for (r,) in results] == [T.TRANSFER_STATUS_COMMITTED] * 4
+    assert watch.prepares_most >= 2  # other rounds did overlap
+    assert watch.id_overlaps == 0
+    assert cluster.nodes["shard-1"].calls["Prepare"] >= 3  # t was prepared again, after its round
+    assert cluster.acct(ALICE).balance == 699 and cluster.acct(BOB).balance == 301
+
+
+@with_cluster
+async def test_stopping_answers_the_rounds_in_flight(cluster: Cluster) -> None:
+    """Cancelling the loop (the coordinator stops) answers the items of the
+    rounds it was running: UNAVAILABLE NOT_LEADER, so the client retries."""
+    cluster.nodes["shard-1"].delay_s = 0.5
+    loop_task = asyncio.create_task(cluster.twopc.run())  # a second loop we can cancel
+    pending = asyncio.create_task(cluster.submit(transfer()))
+    await asyncio.sleep(0.1)
+    loop_task.cancel()
+    cluster.twopc.close()
+    (result,) = await pending
+    assert (result.status, result.reason) == (T.TRANSFER_STATUS_PENDING, errors.NOT_LEADER)
 
 
 @with_cluster
