@@ -5,10 +5,12 @@ to `ROUND_ITEMS_MAX`) as a *round* and starts it, with up to
 `ROUNDS_IN_FLIGHT_MAX` rounds running at once (ids never shared between
 them). A round:
 
-1. one Prepare RPC per shard, in parallel: role DEBIT at each record holder
-   (owner of the debit account), role CREDIT at each credit shard;
-2. one Decide RPC per record holder: COMMIT iff both legs are PREPARED, else
-   ABORT carrying the refusing leg's code and reason;
+1. one Prepare RPC per credit shard, in parallel (role CREDIT); the record
+   holder (owner of the debit account) is prepared only for a review hold;
+2. one Decide RPC per record holder: COMMIT iff the credit leg is PREPARED,
+   else ABORT carrying its code and reason. The Decide is *direct* (docs/2pc.md):
+   the record holder checks the debit and posts it in the same write, so its
+   answer is also its vote (a refusal there aborts);
 3. one Finish RPC per credit shard with the record holder's answer;
 
 then answers every item. So N concurrent transfers cost about three RPCs per
@@ -73,6 +75,9 @@ class _Pair:
     credit_shard: str
     # Read from the proto once: the round looks it up for every phase.
     transfer_id: str
+    # Not prepared at the record holder: its Decide is direct (docs/2pc.md).
+    # Every transfer but a review hold, which must wait PREPARED on both legs.
+    direct: bool
     debit: Answer = field(default_factory=lambda: Answer(decisions.Vote.UNKNOWN))
     credit: Answer = field(default_factory=lambda: Answer(decisions.Vote.UNKNOWN))
     # The record holder's stored record when it answered with one (a review
@@ -252,7 +257,8 @@ class TwoPhaseCommit:
             if debit_shard == credit_shard and not item.transfer.review_deadline_unix_ms:
                 local[debit_shard].append(item)
             else:
-                crossing.append(_Pair(item, debit_shard, credit_shard, item.transfer.id))
+                direct = not item.transfer.review_deadline_unix_ms
+                crossing.append(_Pair(item, debit_shard, credit_shard, item.transfer.id, direct))
         return crossing, local
 
     async def _two_phase(self, legs: list[_Pair], epoch: int) -> list[_Item]:
@@ -263,7 +269,7 @@ class TwoPhaseCommit:
         to_decide: list[tuple[_Pair, Plan]] = []
         verdicts: dict[str, Verdict] = {}
         for leg in legs:
-            plan = decisions.plan(leg.debit, leg.credit)
+            plan = decisions.plan_direct(leg.credit) if leg.direct else decisions.plan(leg.debit, leg.credit)
             if decisions.holds_for_review(leg.debit, leg.credit, plan, leg.review):
                 self._hold(leg, epoch)
             elif plan.step == Step.RETRY:
@@ -280,7 +286,9 @@ class TwoPhaseCommit:
                     Truth.UNKNOWN, decisions.CODE_UNAVAILABLE, errors.NOT_LEADER, "deposed during prepare"
                 )
             to_decide = []
-        verdicts.update(await self._decide(to_decide, epoch))
+        decided, moved = await self._decide(to_decide, epoch)
+        verdicts.update(decided)
+        retry.extend(moved)
         if self._leadership.epoch == epoch:
             await self._finish(legs, verdicts, epoch)
         self._answer(legs, verdicts, epoch)
@@ -304,7 +312,8 @@ class TwoPhaseCommit:
     async def _prepare(self, legs: list[_Pair], epoch: int) -> None:
         by_shard: dict[str, list[tuple[_Pair, types_pb2.LegRole.ValueType]]] = defaultdict(list)
         for leg in legs:
-            by_shard[leg.debit_shard].append((leg, types_pb2.LEG_ROLE_DEBIT))
+            if not leg.direct:
+                by_shard[leg.debit_shard].append((leg, types_pb2.LEG_ROLE_DEBIT))
             by_shard[leg.credit_shard].append((leg, types_pb2.LEG_ROLE_CREDIT))
         shard_ids = list(by_shard)
         answers = await asyncio.gather(
@@ -334,7 +343,13 @@ class TwoPhaseCommit:
                 else:
                     leg.credit = vote
 
-    async def _decide(self, to_decide: list[tuple[_Pair, Plan]], epoch: int) -> dict[str, Verdict]:
+    async def _decide(
+        self, to_decide: list[tuple[_Pair, Plan]], epoch: int
+    ) -> tuple[dict[str, Verdict], list[_Item]]:
+        """One Decide per record holder: (verdicts, items to retry). A direct
+        decide's answer is also the record holder's vote (leg.debit): it may
+        say SLOT_MOVED (retry; the credit leg stays PREPARED for the next
+        round), or PREPARED for a review hold it left alone (answer it held)."""
         by_shard: dict[str, list[tuple[_Pair, Plan]]] = defaultdict(list)
         for leg, plan in to_decide:
             by_shard[leg.debit_shard].append((leg, plan))
@@ -344,12 +359,13 @@ class TwoPhaseCommit:
                 self._shards.decide(
                     shard_id,
                     epoch,
-                    [_decide_item(leg.item.transfer, plan) for leg, plan in by_shard[shard_id]],
+                    [_decide_item(leg.item.transfer, plan, leg.direct) for leg, plan in by_shard[shard_id]],
                 )
                 for shard_id in shard_ids
             )
         )
         verdicts: dict[str, Verdict] = {}
+        retry: list[_Item] = []
         for shard_id, answer in zip(shard_ids, answers, strict=True):
             for index, (leg, plan) in enumerate(by_shard[shard_id]):
                 if isinstance(answer, errors.BankError):
@@ -361,9 +377,31 @@ class TwoPhaseCommit:
                         else errors.SHARD_UNAVAILABLE,
                         answer.message,
                     )
-                else:
+                elif not leg.direct:
                     verdicts[leg.transfer_id] = decisions.verdict_of_decide(plan, answer[index])
-        return verdicts
+                else:
+                    verdict = self._read_direct(leg, plan, answer[index], shard_id, epoch)
+                    if verdict is not None:
+                        verdicts[leg.transfer_id] = verdict
+                    elif leg.debit.vote == decisions.Vote.SLOT_MOVED:
+                        retry.append(leg.item)
+        return verdicts, retry
+
+    def _read_direct(
+        self, leg: _Pair, plan: Plan, answer: ledger_pb2.Leg, shard_id: str, epoch: int
+    ) -> Verdict | None:
+        """A direct Decide's answer: sets the record holder's vote; the verdict,
+        or None when there is none (SLOT_MOVED: retry; a review hold: held)."""
+        leg.debit = _classify_checked(answer, leg.transfer_id, shard_id)
+        if leg.debit.vote == decisions.Vote.SLOT_MOVED:
+            return None
+        if leg.debit.vote == decisions.Vote.PREPARED:  # a review hold, left alone
+            leg.record = answer.transfer
+            self._hold(leg, epoch)
+            return None
+        if leg.debit.vote == decisions.Vote.UNKNOWN:  # a garbled answer
+            return decisions.verdict_of_vote(leg.debit)
+        return decisions.verdict_of_direct(plan, leg.debit, answer)
 
     async def _finish(self, legs: list[_Pair], verdicts: dict[str, Verdict], epoch: int) -> None:
         by_shard: dict[str, list[ledger_pb2.DecideItem]] = defaultdict(list)
@@ -486,9 +524,14 @@ def _classify_checked(leg: ledger_pb2.Leg, transfer_id: str, shard_id: str) -> A
     return decisions.classify(leg)
 
 
-def _decide_item(transfer: types_pb2.Transfer, plan: Plan) -> ledger_pb2.DecideItem:
+def _decide_item(transfer: types_pb2.Transfer, plan: Plan, direct: bool) -> ledger_pb2.DecideItem:
     return ledger_pb2.DecideItem(
-        transfer_id=transfer.id, decision=plan.decision, code=plan.code, reason=plan.reason, transfer=transfer
+        transfer_id=transfer.id,
+        decision=plan.decision,
+        code=plan.code,
+        reason=plan.reason,
+        transfer=transfer,
+        direct=direct,
     )
 
 

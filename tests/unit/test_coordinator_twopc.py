@@ -178,6 +178,19 @@ class FakeNode(ledger_pb2_grpc.LedgerNodeServicer):
         role = T.LEG_ROLE_DEBIT if debit else T.LEG_ROLE_CREDIT
         rec = table.get(item.transfer_id)
         wanted = STATE_OF[item.decision]
+        if rec is None and item.direct and item.decision == S.DECISION_COMMIT:
+            return self._commit_direct(item.transfer)
+        # Another body under this id (a tombstone without a body matches any).
+        other_body = (
+            rec is not None and rec.transfer.kind and body_key(rec.transfer) != body_key(item.transfer)
+        )
+        if other_body and item.HasField("transfer"):
+            return self._refusal(item.transfer, role, ALREADY_EXISTS, errors.TRANSFER_ID_CONFLICT)
+        review_hold = (
+            rec is not None and rec.state == S.LEG_STATE_PREPARED and rec.transfer.review_deadline_unix_ms
+        )
+        if rec is not None and item.direct and review_hold:
+            return self._leg(rec, role)  # a direct decide leaves a review hold alone
         if rec is None:
             if item.decision == S.DECISION_COMMIT:
                 return self._refusal(item.transfer, role, NOT_FOUND, errors.TRANSFER_NOT_FOUND)
@@ -201,6 +214,20 @@ class FakeNode(ledger_pb2_grpc.LedgerNodeServicer):
         if rec.state == wanted:
             return self._leg(rec, role)
         return self._leg(rec, role, PRECONDITION, errors.CONTRADICTORY_DECISION)
+
+    def _commit_direct(self, t: T.Transfer) -> S.Leg:
+        """Decide(COMMIT, direct) with no record: check the debit as Prepare
+        would and post it at once (record COMMITTED, or ABORTED refused)."""
+        account_id = t.debit_account_id
+        if account_id in self.moved:
+            return self._refusal(t, T.LEG_ROLE_DEBIT, ABORTED, errors.SLOT_MOVED)
+        code, reason = self._check(t, account_id, debit=True)
+        rec = Rec(T.Transfer(), S.LEG_STATE_ABORTED if code else S.LEG_STATE_COMMITTED, code, reason)
+        rec.transfer.CopyFrom(t)
+        self.records[t.id] = rec
+        if not code:
+            self.accounts[account_id].balance -= t.amount
+        return self._leg(rec, T.LEG_ROLE_DEBIT, code, reason)
 
     async def ListInDoubt(
         self, request: S.ListInDoubtRequest, context: grpc.aio.ServicerContext
@@ -439,8 +466,8 @@ async def test_concurrent_requests_share_rpcs(cluster: Cluster) -> None:
 async def test_rounds_overlap_and_all_settle(cluster: Cluster) -> None:
     """A round does not wait for the one before it: while one waits on its
     slow Prepare, the next starts (up to ROUNDS_IN_FLIGHT_MAX at once)."""
-    cluster.nodes["shard-1"].delay_s = 0.05
-    watch = cluster.nodes["shard-1"]
+    cluster.nodes["shard-2"].delay_s = 0.05  # the credit shard: the only one prepared
+    watch = cluster.nodes["shard-2"]
 
     async def later(delay_s: float) -> list[T.Transfer]:
         await asyncio.sleep(delay_s)
@@ -457,8 +484,8 @@ async def test_rounds_overlap_and_all_settle(cluster: Cluster) -> None:
 async def test_one_id_never_runs_in_two_rounds_at_once(cluster: Cluster) -> None:
     """A resend of an id whose round is in flight waits for that round, then
     gets the same outcome; the money moves once."""
-    cluster.nodes["shard-1"].delay_s = 0.05
-    watch = cluster.nodes["shard-1"]
+    cluster.nodes["shard-2"].delay_s = 0.05  # the credit shard: the only one prepared
+    watch = cluster.nodes["shard-2"]
     t = transfer(amount=300)
 
     async def later(delay_s: float, item: T.Transfer) -> list[T.Transfer]:
@@ -471,7 +498,7 @@ async def test_one_id_never_runs_in_two_rounds_at_once(cluster: Cluster) -> None
     assert [r.status for (r,) in results] == [T.TRANSFER_STATUS_COMMITTED] * 4
     assert watch.prepares_most >= 2  # other rounds did overlap
     assert watch.id_overlaps == 0
-    assert cluster.nodes["shard-1"].calls["Prepare"] >= 3  # t was prepared again, after its round
+    assert cluster.nodes["shard-2"].calls["Prepare"] >= 3  # t was prepared again, after its round
     assert cluster.acct(ALICE).balance == 699 and cluster.acct(BOB).balance == 301
 
 
@@ -529,16 +556,22 @@ async def test_crash_after_decide_before_finish_recovery_commits_credit(cluster:
 
 @with_cluster
 async def test_crash_after_prepare_before_decide_recovery_aborts(cluster: Cluster) -> None:
+    """Only the credit leg is prepared before a direct Decide: when that Decide
+    is lost, recovery tombstones the record holder (presumed abort), so the
+    late Decide, or a resend, finds ABORTED and the pending credit goes."""
     cluster.nodes["shard-1"].down = {"Decide"}
     t = transfer()
     (result,) = await cluster.submit(t)
     assert result.status == T.TRANSFER_STATUS_PENDING
-    assert cluster.acct(ALICE).held == 100 and cluster.acct(BOB).pending_credit == 100
+    assert cluster.acct(ALICE).held == 0 and cluster.acct(BOB).pending_credit == 100
+    assert t.id not in cluster.nodes["shard-1"].records
     cluster.nodes["shard-1"].down = set()
     assert await cluster.recovery.sweep() == 1
+    assert cluster.nodes["shard-1"].records[t.id].state == S.LEG_STATE_ABORTED
     assert cluster.no_holds() and cluster.total() == 1050
     (again,) = await cluster.submit(t)
     assert again.status == T.TRANSFER_STATUS_ABORTED
+    assert cluster.acct(ALICE).balance == 1000 and cluster.acct(BOB).balance == 0
 
 
 @with_cluster
@@ -655,7 +688,10 @@ async def test_review_hold_is_prepared_not_decided_and_a_resubmission_cannot_ski
     # The same id again without the review flag (an engine that now says ALLOW): still held.
     (again,) = await cluster.submit(transfer(amount=300, transfer_id=t.id))
     assert (again.status, again.reason) == (T.TRANSFER_STATUS_PENDING, errors.UNDER_REVIEW)
-    assert cluster.nodes["shard-1"].calls["Decide"] == 0 and cluster.acct(BOB).balance == 0
+    # It went the direct way (no review flag): the record holder left the hold alone.
+    assert cluster.nodes["shard-1"].records[t.id].state == S.LEG_STATE_PREPARED
+    assert cluster.nodes["shard-2"].calls["Finish"] == 0 and cluster.acct(BOB).balance == 0
+    assert (cluster.acct(ALICE).held, cluster.acct(BOB).pending_credit) == (300, 300)
 
 
 @with_cluster
