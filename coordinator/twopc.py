@@ -53,6 +53,12 @@ SLOT_MOVED_RETRIES_MAX = 3
 # each phase; the nodes' group commit merges what arrives together. Items of
 # one transfer id never run in two rounds at once (see _take_round).
 ROUNDS_IN_FLIGHT_MAX = 3
+# Items that must be queued to start a round beside one in flight. A trickle
+# of single transfers (one per call) waits for the round in flight to end
+# and then goes as one round: a round costs ~3 RPCs per shard whatever its
+# size, and per-call cost is what bounds one-transfer-per-call traffic.
+# Batched traffic (1000 per call) crosses it at once and is pipelined.
+PIPELINE_ITEMS_MIN = 256
 # `transfer_done` lines per round for outcomes other than COMMITTED (aborts,
 # unknowns); beyond it `round_done`'s counts per outcome carry the rest, so a
 # round of 8192 refusals does not write 8192 lines.
@@ -131,12 +137,15 @@ class TwoPhaseCommit:
 
     async def run(self) -> None:
         """Start rounds while items are queued, up to ROUNDS_IN_FLIGHT_MAX at
-        once; a round that ends wakes the loop for the next."""
+        once (beside a round in flight only with PIPELINE_ITEMS_MIN queued);
+        a round that ends wakes the loop for the next."""
         try:
             while not self._closed:
                 await self._wakeup.wait()
                 self._wakeup.clear()
                 while self._queue and not self._closed and len(self._rounds) < ROUNDS_IN_FLIGHT_MAX:
+                    if self._rounds and len(self._queue) < PIPELINE_ITEMS_MIN:
+                        break  # a round is in flight: let more queue behind it
                     items = self._take_round()
                     if not items:
                         break  # what is queued waits for ids in flight

@@ -463,6 +463,29 @@ async def test_concurrent_requests_share_rpcs(cluster: Cluster) -> None:
 
 
 @with_cluster
+async def test_a_trickle_waits_for_the_round_in_flight(cluster: Cluster) -> None:
+    """Single transfers arriving while a round is in flight (fewer than
+    PIPELINE_ITEMS_MIN queued) wait for it and go together: no overlap."""
+    cluster.nodes["shard-2"].delay_s = 0.05
+
+    async def later(delay_s: float) -> list[T.Transfer]:
+        await asyncio.sleep(delay_s)
+        return await cluster.submit(transfer(amount=10))
+
+    results = await asyncio.gather(*(later(0.01 * i) for i in range(12)))
+    assert all(r.status == T.TRANSFER_STATUS_COMMITTED for (r,) in results)
+    assert cluster.nodes["shard-2"].prepares_most == 1
+    assert cluster.nodes["shard-2"].calls["Prepare"] < 12
+    assert cluster.acct(ALICE).balance == 880 and cluster.no_holds()
+
+
+@pytest.fixture
+def pipeline_from_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(twopc_module, "PIPELINE_ITEMS_MIN", 1)
+
+
+@pytest.mark.usefixtures("pipeline_from_one")
+@with_cluster
 async def test_rounds_overlap_and_all_settle(cluster: Cluster) -> None:
     """A round does not wait for the one before it: while one waits on its
     slow Prepare, the next starts (up to ROUNDS_IN_FLIGHT_MAX at once)."""
@@ -480,6 +503,7 @@ async def test_rounds_overlap_and_all_settle(cluster: Cluster) -> None:
     assert cluster.no_holds()
 
 
+@pytest.mark.usefixtures("pipeline_from_one")
 @with_cluster
 async def test_one_id_never_runs_in_two_rounds_at_once(cluster: Cluster) -> None:
     """A resend of an id whose round is in flight waits for that round, then
