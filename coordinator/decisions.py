@@ -135,11 +135,15 @@ def plan(debit: Answer, credit: Answer) -> Plan:
     return _abort(credit.code, credit.reason, credit.message)
 
 
+# What a record holder that checks the debit itself counts as (direct decide).
+_CHECKS_ITSELF = Answer(Vote.PREPARED)
+
+
 def plan_direct(credit: Answer) -> Plan:
     """The plan of a transfer not prepared at its record holder: the direct
     Decide checks (and posts) the debit itself, so only the credit leg's vote
     decides what to ask for, exactly as `plan` with a PREPARED record."""
-    return plan(Answer(Vote.PREPARED), credit)
+    return plan(_CHECKS_ITSELF, credit)
 
 
 def _abort(code: int, reason: str, message: str) -> Plan:

@@ -279,7 +279,8 @@ class TwoPhaseCommit:
         verdicts: dict[str, Verdict] = {}
         for leg in legs:
             plan = decisions.plan_direct(leg.credit) if leg.direct else decisions.plan(leg.debit, leg.credit)
-            if decisions.holds_for_review(leg.debit, leg.credit, plan, leg.review):
+            # A direct leg is no review hold (its record holder says so at Decide).
+            if not leg.direct and decisions.holds_for_review(leg.debit, leg.credit, plan, leg.review):
                 self._hold(leg, epoch)
             elif plan.step == Step.RETRY:
                 retry.append(leg.item)
