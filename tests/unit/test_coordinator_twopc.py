@@ -732,3 +732,36 @@ async def test_review_hold_refused_by_the_credit_shard_aborts_as_usual(cluster: 
     (done,) = await cluster.submit(_for_review(transfer(amount=100)))
     assert (done.status, done.reason) == (T.TRANSFER_STATUS_ABORTED, errors.ACCOUNT_FROZEN)
     assert cluster.no_holds()
+
+
+@with_cluster
+async def test_one_call_gets_every_outcome_in_order(cluster: Cluster) -> None:
+    """The items of one call take different paths (2PC, one shard, refused)
+    and finish at different times; the call gets them back in its order."""
+    cross, local, refused = transfer(amount=10), transfer(ALICE, CAROL, 20), transfer(amount=99_999)
+    results = await cluster.submit(cross, local, refused, transfer(amount=30))
+    assert [r.id for r in results] == [cross.id, local.id, refused.id, results[3].id]
+    assert [r.status for r in results] == [
+        T.TRANSFER_STATUS_COMMITTED,
+        T.TRANSFER_STATUS_COMMITTED,
+        T.TRANSFER_STATUS_ABORTED,
+        T.TRANSFER_STATUS_COMMITTED,
+    ]
+    assert results[2].reason == errors.INSUFFICIENT_FUNDS
+    assert cluster.acct(BOB).balance == 40 and cluster.no_holds()
+
+
+@with_cluster
+async def test_a_caller_that_gives_up_does_not_disturb_the_others(cluster: Cluster) -> None:
+    cluster.nodes["shard-2"].delay_s = 0.2
+    impatient = asyncio.create_task(cluster.twopc.submit([transfer(amount=10)]))
+    patient = asyncio.create_task(cluster.submit(transfer(amount=20), transfer(amount=30)))
+    await asyncio.sleep(0.05)
+    impatient.cancel()
+    results = await patient
+    assert [r.status for r in results] == [T.TRANSFER_STATUS_COMMITTED] * 2
+    with contextlib.suppress(asyncio.CancelledError):
+        await impatient
+    # The cancelled item was in the round already: it still settles, once.
+    assert cluster.acct(BOB).balance in (50, 60) and cluster.no_holds()
+    assert cluster.total() == 1050
