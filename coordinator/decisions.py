@@ -135,6 +135,17 @@ def plan(debit: Answer, credit: Answer) -> Plan:
     return _abort(credit.code, credit.reason, credit.message)
 
 
+# What a record holder that checks the debit itself counts as (direct decide).
+_CHECKS_ITSELF = Answer(Vote.PREPARED)
+
+
+def plan_direct(credit: Answer) -> Plan:
+    """The plan of a transfer not prepared at its record holder: the direct
+    Decide checks (and posts) the debit itself, so only the credit leg's vote
+    decides what to ask for, exactly as `plan` with a PREPARED record."""
+    return plan(_CHECKS_ITSELF, credit)
+
+
 def _abort(code: int, reason: str, message: str) -> Plan:
     return Plan(Step.DECIDE, ledger_pb2.DECISION_ABORT, code or CODE_ABORTED, reason, message)
 
@@ -185,6 +196,28 @@ def verdict_of_decide(asked: Plan, leg: ledger_pb2.Leg) -> Verdict:
         code, reason = refusal_of(leg)
         return Verdict(Truth.ABORTED, code, reason, leg.transfer.message)
     return Verdict(Truth.UNKNOWN, CODE_UNAVAILABLE, errors.SHARD_UNAVAILABLE, leg.reason or "no decision")
+
+
+def verdict_of_direct(asked: Plan, debit: Answer, leg: ledger_pb2.Leg) -> Verdict:
+    """Read a direct Decide answer, already classified as the record holder's
+    vote (`debit`; SLOT_MOVED, PREPARED and UNKNOWN are the caller's). A
+    refusal of the id (another body, malformed) records nothing for us: the
+    caller answers it REJECTED. Anything else reads as any Decide answer: a
+    debit refused now (funds, frozen) is an ABORTED record with its reason."""
+    if debit.vote in (Vote.CONFLICT, Vote.NOT_RECORDED):
+        return Verdict(Truth.ABORTED, debit.code, debit.reason, debit.message)
+    if debit.single_shard:
+        # Settled on one shard before a move: its state is the outcome, as a
+        # Prepare answer's would be (the caller aborts the credit leg).
+        if debit.vote == Vote.COMMITTED:
+            return Verdict(Truth.COMMITTED)
+        return Verdict(Truth.ABORTED, debit.code or CODE_ABORTED, debit.reason, debit.message)
+    return verdict_of_decide(asked, leg)
+
+
+def verdict_of_vote(answer: Answer) -> Verdict:
+    """An answer that says nothing about the outcome (UNKNOWN)."""
+    return Verdict(Truth.UNKNOWN, CODE_UNAVAILABLE, answer.reason or errors.SHARD_UNAVAILABLE, answer.message)
 
 
 def verdict_of_plan(asked: Plan) -> Verdict:

@@ -1,12 +1,16 @@
 """Two-phase commit of cross-shard transfers (leader only), batched.
 
 Requests enqueue their items and wait. One loop takes everything queued (up
-to `ROUND_ITEMS_MAX`) as a *round* and runs it:
+to `ROUND_ITEMS_MAX`) as a *round* and starts it, with up to
+`ROUNDS_IN_FLIGHT_MAX` rounds running at once (ids never shared between
+them). A round:
 
-1. one Prepare RPC per shard, in parallel: role DEBIT at each record holder
-   (owner of the debit account), role CREDIT at each credit shard;
-2. one Decide RPC per record holder: COMMIT iff both legs are PREPARED, else
-   ABORT carrying the refusing leg's code and reason;
+1. one Prepare RPC per credit shard, in parallel (role CREDIT); the record
+   holder (owner of the debit account) is prepared only for a review hold;
+2. one Decide RPC per record holder: COMMIT iff the credit leg is PREPARED,
+   else ABORT carrying its code and reason. The Decide is *direct* (docs/2pc.md):
+   the record holder checks the debit and posts it in the same write, so its
+   answer is also its vote (a refusal there aborts);
 3. one Finish RPC per credit shard with the record holder's answer;
 
 then answers every item. So N concurrent transfers cost about three RPCs per
@@ -43,6 +47,22 @@ QUEUE_ITEMS_MAX = 4 * limits.BATCH_ITEMS_MAX
 # Rounds one item may take because a node said SLOT_MOVED (map refreshed
 # between them); then the item is answered UNAVAILABLE and the client retries.
 SLOT_MOVED_RETRIES_MAX = 3
+# Rounds in flight at once. A round is three RPC waves (Prepare, Decide,
+# Finish), each waiting on a node's synced group commit; with one round at a
+# time the nodes and this process take turns idling. Three lets a round be in
+# each phase; the nodes' group commit merges what arrives together. Items of
+# one transfer id never run in two rounds at once (see _take_round).
+ROUNDS_IN_FLIGHT_MAX = 3
+# Items that must be queued to start a round beside one in flight. A trickle
+# of single transfers (one per call) waits for the round in flight to end
+# and then goes as one round: a round costs ~3 RPCs per shard whatever its
+# size, and per-call cost is what bounds one-transfer-per-call traffic.
+# Batched traffic (1000 per call) crosses it at once and is pipelined.
+PIPELINE_ITEMS_MIN = 256
+# `transfer_done` lines per round for outcomes other than COMMITTED (aborts,
+# unknowns); beyond it `round_done`'s counts per outcome carry the rest, so a
+# round of 8192 refusals does not write 8192 lines.
+OUTCOME_LOG_LINES_MAX = 100
 
 
 @dataclass(eq=False)
@@ -59,6 +79,11 @@ class _Pair:
     item: _Item
     debit_shard: str
     credit_shard: str
+    # Read from the proto once: the round looks it up for every phase.
+    transfer_id: str
+    # Not prepared at the record holder: its Decide is direct (docs/2pc.md).
+    # Every transfer but a review hold, which must wait PREPARED on both legs.
+    direct: bool
     debit: Answer = field(default_factory=lambda: Answer(decisions.Vote.UNKNOWN))
     credit: Answer = field(default_factory=lambda: Answer(decisions.Vote.UNKNOWN))
     # The record holder's stored record when it answered with one (a review
@@ -71,10 +96,6 @@ class _Pair:
         stored = self.record is not None and self.record.review_deadline_unix_ms > 0
         return stored or self.item.transfer.review_deadline_unix_ms > 0
 
-    @property
-    def transfer_id(self) -> str:
-        return self.item.transfer.id
-
 
 class TwoPhaseCommit:
     def __init__(self, shards: Shards, leadership: Leadership) -> None:
@@ -83,6 +104,9 @@ class TwoPhaseCommit:
         self._queue: collections.deque[_Item] = collections.deque()
         self._wakeup = asyncio.Event()
         self._closed = False
+        # Rounds running now, and the transfer ids they hold.
+        self._rounds: set[asyncio.Task[None]] = set()
+        self._in_flight: set[str] = set()
 
     # --- the caller's side -----------------------------------------------------
 
@@ -106,24 +130,49 @@ class TwoPhaseCommit:
         """Answer everything still queued (UNAVAILABLE) and stop the loop."""
         self._closed = True
         while self._queue:
-            item = self._queue.popleft()
-            _resolve(item, decisions.unavailable(item.transfer, errors.NOT_LEADER, "coordinator stopping"))
+            _answer_stopping(self._queue.popleft())
         self._wakeup.set()
 
     # --- the loop ----------------------------------------------------------------
 
     async def run(self) -> None:
-        while not self._closed:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            while self._queue and not self._closed:
-                items = self._take_round()
-                if items:
-                    await self._run_round_safely(items)
+        """Start rounds while items are queued, up to ROUNDS_IN_FLIGHT_MAX at
+        once (beside a round in flight only with PIPELINE_ITEMS_MIN queued);
+        a round that ends wakes the loop for the next."""
+        try:
+            while not self._closed:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                while self._queue and not self._closed and len(self._rounds) < ROUNDS_IN_FLIGHT_MAX:
+                    if self._rounds and len(self._queue) < PIPELINE_ITEMS_MIN:
+                        break  # a round is in flight: let more queue behind it
+                    items = self._take_round()
+                    if not items:
+                        break  # what is queued waits for ids in flight
+                    self._start_round(items)
+        finally:
+            for task in list(self._rounds):
+                task.cancel()
+
+    def _start_round(self, items: list[_Item]) -> None:
+        ids = {item.transfer.id for item in items}
+        self._in_flight |= ids
+        task = asyncio.create_task(self._run_round_safely(items), name="twopc-round")
+        self._rounds.add(task)
+
+        def round_ended(done: asyncio.Task[None]) -> None:
+            self._rounds.discard(done)
+            self._in_flight -= ids
+            self._wakeup.set()
+
+        task.add_done_callback(round_ended)
 
     def _take_round(self) -> list[_Item]:
-        """Up to ROUND_ITEMS_MAX items with distinct ids; a duplicate id waits
-        for the next round, so one shard never sees an id twice in a batch."""
+        """Up to ROUND_ITEMS_MAX items with distinct ids, none of them in a
+        round still in flight; such an id waits for a later round, so one shard
+        never sees an id twice in a batch and two rounds never race on one
+        transfer (each would be safe, the record holder decides once, but the
+        loser would answer CONTRADICTORY_DECISION noise)."""
         taken: list[_Item] = []
         deferred: list[_Item] = []
         seen: set[str] = set()
@@ -132,7 +181,7 @@ class TwoPhaseCommit:
             item = self._queue.popleft()
             if item.future.done():  # the caller gave up before we started
                 continue
-            if item.transfer.id in seen:
+            if item.transfer.id in seen or item.transfer.id in self._in_flight:
                 deferred.append(item)
                 continue
             # A review hold may put both its legs on one shard: count it twice,
@@ -151,6 +200,10 @@ class TwoPhaseCommit:
         started = time.monotonic()
         try:
             retry = await self.run_round(items)
+        except asyncio.CancelledError:  # the coordinator is stopping
+            for item in items:
+                _answer_stopping(item)
+            raise
         except Exception as exc:  # a bug: answer INTERNAL, keep serving, log it
             log.exception("round_failed", items=len(items))
             for item in items:
@@ -162,11 +215,12 @@ class TwoPhaseCommit:
             if not item.future.done() and id(item) not in waiting:  # a bug; never leave a caller hanging
                 log.error("item_unanswered", transfer_id=item.transfer.id)
                 _resolve(item, decisions.unavailable(item.transfer, errors.INTERNAL, "outcome not learned"))
-        _count_round(items, waiting, time.monotonic() - started)
+        outcomes = _count_round(items, waiting, time.monotonic() - started)
         log.info(
             "round_done",
             items=len(items),
             retry=len(retry),
+            outcomes=outcomes,
             epoch=self._leadership.epoch,
             elapsed_ms=round((time.monotonic() - started) * 1000, 1),
         )
@@ -212,7 +266,8 @@ class TwoPhaseCommit:
             if debit_shard == credit_shard and not item.transfer.review_deadline_unix_ms:
                 local[debit_shard].append(item)
             else:
-                crossing.append(_Pair(item, debit_shard, credit_shard))
+                direct = not item.transfer.review_deadline_unix_ms
+                crossing.append(_Pair(item, debit_shard, credit_shard, item.transfer.id, direct))
         return crossing, local
 
     async def _two_phase(self, legs: list[_Pair], epoch: int) -> list[_Item]:
@@ -223,8 +278,9 @@ class TwoPhaseCommit:
         to_decide: list[tuple[_Pair, Plan]] = []
         verdicts: dict[str, Verdict] = {}
         for leg in legs:
-            plan = decisions.plan(leg.debit, leg.credit)
-            if decisions.holds_for_review(leg.debit, leg.credit, plan, leg.review):
+            plan = decisions.plan_direct(leg.credit) if leg.direct else decisions.plan(leg.debit, leg.credit)
+            # A direct leg is no review hold (its record holder says so at Decide).
+            if not leg.direct and decisions.holds_for_review(leg.debit, leg.credit, plan, leg.review):
                 self._hold(leg, epoch)
             elif plan.step == Step.RETRY:
                 retry.append(leg.item)
@@ -240,7 +296,9 @@ class TwoPhaseCommit:
                     Truth.UNKNOWN, decisions.CODE_UNAVAILABLE, errors.NOT_LEADER, "deposed during prepare"
                 )
             to_decide = []
-        verdicts.update(await self._decide(to_decide, epoch))
+        decided, moved = await self._decide(to_decide, epoch)
+        verdicts.update(decided)
+        retry.extend(moved)
         if self._leadership.epoch == epoch:
             await self._finish(legs, verdicts, epoch)
         self._answer(legs, verdicts, epoch)
@@ -264,7 +322,8 @@ class TwoPhaseCommit:
     async def _prepare(self, legs: list[_Pair], epoch: int) -> None:
         by_shard: dict[str, list[tuple[_Pair, types_pb2.LegRole.ValueType]]] = defaultdict(list)
         for leg in legs:
-            by_shard[leg.debit_shard].append((leg, types_pb2.LEG_ROLE_DEBIT))
+            if not leg.direct:
+                by_shard[leg.debit_shard].append((leg, types_pb2.LEG_ROLE_DEBIT))
             by_shard[leg.credit_shard].append((leg, types_pb2.LEG_ROLE_CREDIT))
         shard_ids = list(by_shard)
         answers = await asyncio.gather(
@@ -294,7 +353,13 @@ class TwoPhaseCommit:
                 else:
                     leg.credit = vote
 
-    async def _decide(self, to_decide: list[tuple[_Pair, Plan]], epoch: int) -> dict[str, Verdict]:
+    async def _decide(
+        self, to_decide: list[tuple[_Pair, Plan]], epoch: int
+    ) -> tuple[dict[str, Verdict], list[_Item]]:
+        """One Decide per record holder: (verdicts, items to retry). A direct
+        decide's answer is also the record holder's vote (leg.debit): it may
+        say SLOT_MOVED (retry; the credit leg stays PREPARED for the next
+        round), or PREPARED for a review hold it left alone (answer it held)."""
         by_shard: dict[str, list[tuple[_Pair, Plan]]] = defaultdict(list)
         for leg, plan in to_decide:
             by_shard[leg.debit_shard].append((leg, plan))
@@ -304,12 +369,13 @@ class TwoPhaseCommit:
                 self._shards.decide(
                     shard_id,
                     epoch,
-                    [_decide_item(leg.item.transfer, plan) for leg, plan in by_shard[shard_id]],
+                    [_decide_item(leg.item.transfer, plan, leg.direct) for leg, plan in by_shard[shard_id]],
                 )
                 for shard_id in shard_ids
             )
         )
         verdicts: dict[str, Verdict] = {}
+        retry: list[_Item] = []
         for shard_id, answer in zip(shard_ids, answers, strict=True):
             for index, (leg, plan) in enumerate(by_shard[shard_id]):
                 if isinstance(answer, errors.BankError):
@@ -321,9 +387,31 @@ class TwoPhaseCommit:
                         else errors.SHARD_UNAVAILABLE,
                         answer.message,
                     )
-                else:
+                elif not leg.direct:
                     verdicts[leg.transfer_id] = decisions.verdict_of_decide(plan, answer[index])
-        return verdicts
+                else:
+                    verdict = self._read_direct(leg, plan, answer[index], shard_id, epoch)
+                    if verdict is not None:
+                        verdicts[leg.transfer_id] = verdict
+                    elif leg.debit.vote == decisions.Vote.SLOT_MOVED:
+                        retry.append(leg.item)
+        return verdicts, retry
+
+    def _read_direct(
+        self, leg: _Pair, plan: Plan, answer: ledger_pb2.Leg, shard_id: str, epoch: int
+    ) -> Verdict | None:
+        """A direct Decide's answer: sets the record holder's vote; the verdict,
+        or None when there is none (SLOT_MOVED: retry; a review hold: held)."""
+        leg.debit = _classify_checked(answer, leg.transfer_id, shard_id)
+        if leg.debit.vote == decisions.Vote.SLOT_MOVED:
+            return None
+        if leg.debit.vote == decisions.Vote.PREPARED:  # a review hold, left alone
+            leg.record = answer.transfer
+            self._hold(leg, epoch)
+            return None
+        if leg.debit.vote == decisions.Vote.UNKNOWN:  # a garbled answer
+            return decisions.verdict_of_vote(leg.debit)
+        return decisions.verdict_of_direct(plan, leg.debit, answer)
 
     async def _finish(self, legs: list[_Pair], verdicts: dict[str, Verdict], epoch: int) -> None:
         by_shard: dict[str, list[ledger_pb2.DecideItem]] = defaultdict(list)
@@ -367,6 +455,11 @@ class TwoPhaseCommit:
                     )
 
     def _answer(self, legs: list[_Pair], verdicts: dict[str, Verdict], epoch: int) -> None:
+        """Answer every decided item. A COMMITTED transfer is not logged one by
+        one (a JSON line cost ~38 µs, more than the rest of the coordinator's
+        work on it; its record holder journals it and `round_done` counts it);
+        any other outcome is, up to OUTCOME_LOG_LINES_MAX per round."""
+        logged = 0
         for leg in legs:
             verdict = verdicts.get(leg.transfer_id)
             if verdict is None:
@@ -378,17 +471,19 @@ class TwoPhaseCommit:
                 result = decisions.unavailable(transfer, errors.NOT_LEADER, "deposed during the transfer")
             else:
                 result = decisions.outcome(transfer, verdict)
-            log.info(
-                "transfer_done",
-                transfer_id=transfer.id,
-                epoch=epoch,
-                status=types_pb2.TransferStatus.Name(result.status),
-                reason=result.reason,
-                debit_account_id=transfer.debit_account_id,
-                credit_account_id=transfer.credit_account_id,
-                debit_shard=leg.debit_shard,
-                credit_shard=leg.credit_shard,
-            )
+            if result.status != types_pb2.TRANSFER_STATUS_COMMITTED and logged < OUTCOME_LOG_LINES_MAX:
+                logged += 1
+                log.info(
+                    "transfer_done",
+                    transfer_id=leg.transfer_id,
+                    epoch=epoch,
+                    status=types_pb2.TransferStatus.Name(result.status),
+                    reason=result.reason,
+                    debit_account_id=transfer.debit_account_id,
+                    credit_account_id=transfer.credit_account_id,
+                    debit_shard=leg.debit_shard,
+                    credit_shard=leg.credit_shard,
+                )
             _resolve(leg.item, result)
 
     async def _apply_local(self, local: dict[str, list[_Item]]) -> list[_Item]:
@@ -412,8 +507,9 @@ class TwoPhaseCommit:
         return retry
 
 
-def _count_round(items: list[_Item], waiting: set[int], elapsed_s: float) -> None:
-    """Metrics of one round: its size, its time, and one inc(n) per outcome."""
+def _count_round(items: list[_Item], waiting: set[int], elapsed_s: float) -> dict[str, int]:
+    """Metrics of one round: its size, its time, and one inc(n) per outcome;
+    returns the count per outcome (for the round's log line)."""
     metrics.ROUND_ITEMS.observe(len(items))
     metrics.ROUND_DURATION.observe(elapsed_s)
     outcomes: collections.Counter[str] = collections.Counter(
@@ -426,6 +522,7 @@ def _count_round(items: list[_Item], waiting: set[int], elapsed_s: float) -> Non
     )
     for outcome, count in outcomes.items():
         metrics.COORDINATOR_TRANSFERS.labels(outcome).inc(count)
+    return dict(outcomes)
 
 
 def _classify_checked(leg: ledger_pb2.Leg, transfer_id: str, shard_id: str) -> Answer:
@@ -437,9 +534,14 @@ def _classify_checked(leg: ledger_pb2.Leg, transfer_id: str, shard_id: str) -> A
     return decisions.classify(leg)
 
 
-def _decide_item(transfer: types_pb2.Transfer, plan: Plan) -> ledger_pb2.DecideItem:
+def _decide_item(transfer: types_pb2.Transfer, plan: Plan, direct: bool) -> ledger_pb2.DecideItem:
     return ledger_pb2.DecideItem(
-        transfer_id=transfer.id, decision=plan.decision, code=plan.code, reason=plan.reason, transfer=transfer
+        transfer_id=transfer.id,
+        decision=plan.decision,
+        code=plan.code,
+        reason=plan.reason,
+        transfer=transfer,
+        direct=direct,
     )
 
 
@@ -452,6 +554,10 @@ def _finish_item(transfer: types_pb2.Transfer, verdict: Verdict) -> ledger_pb2.D
         reason=verdict.reason,
         transfer=transfer,
     )
+
+
+def _answer_stopping(item: _Item) -> None:
+    _resolve(item, decisions.unavailable(item.transfer, errors.NOT_LEADER, "coordinator stopping"))
 
 
 def _resolve(item: _Item, result: types_pb2.Transfer) -> None:

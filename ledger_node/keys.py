@@ -77,8 +77,12 @@ def leg_key(transfer_id: str) -> bytes:
     return LEG + uuid_bytes(transfer_id)
 
 
+# in_doubt_key runs twice per 2PC leg (prepare, settle): no bytes([role]) each time.
+_IN_DOUBT_ROLE = {role: IN_DOUBT + bytes([role]) for role in range(256)}
+
+
 def in_doubt_key(role: int, transfer_id: str) -> bytes:
-    return IN_DOUBT + bytes([role]) + uuid_bytes(transfer_id)
+    return _IN_DOUBT_ROLE[role] + uuid_bytes(transfer_id)
 
 
 def journal_key(seq: int) -> bytes:

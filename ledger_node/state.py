@@ -977,25 +977,10 @@ class Ledger:
             if not _same_body(record.transfer, transfer) or record.role not in (role, _single(role)):
                 return _leg_refused(item.transfer, role, _id_conflict())
             return _leg_out(record)
-        account_id = transfer.debit_account_id if role == DEBIT else transfer.credit_account_id
-        if not self._owns(account_id):
-            return _leg_refused(transfer, role, _slot_moved(account_id))
-        if self._moving(account_id):
-            return _leg_refused(transfer, role, _slot_moving(account_id))
-        if role == DEBIT:
-            refusal = self._debit_refusal(account_id, transfer)
-        else:
-            refusal = self._credit_refusal(account_id, transfer)
-        transfer.created_at_unix_ms = transfer.updated_at_unix_ms = now_ms
-        record = ledger_pb2.Leg(transfer=transfer, role=role, epoch=epoch, prepared_at_unix_ms=now_ms)
-        if refusal is not None:
-            record.state = ABORTED
-            record.transfer.status = types_pb2.TRANSFER_STATUS_ABORTED
-            _set_outcome(record.transfer, refusal)
-            self._record_leg(key, record, types_pb2.JOURNAL_KIND_LEG_ABORTED, [], now_ms)
-            return _leg_out(record)
-        account = self.accounts[account_id]
-        invariant(account.type != SYSTEM, f"transfer {transfer.id}: 2PC leg on a cash account")
+        record, account = self._new_leg(transfer, role, key, epoch, now_ms)
+        if account is None:
+            return record
+        account_id = account.id
         if role == DEBIT:
             account.held += transfer.amount
             posting = records.posting(account_id, held_delta=transfer.amount)
@@ -1014,6 +999,34 @@ class Ledger:
         self.in_doubt[(role, transfer.id)] = doubt_from_ms
         self._writes[keys.in_doubt_key(role, transfer.id)] = keys.u64(doubt_from_ms)
         return _leg_out(record)
+
+    def _new_leg(
+        self, transfer: types_pb2.Transfer, role: int, key: bytes, epoch: int, now_ms: int
+    ) -> tuple[ledger_pb2.Leg, AccountState | None]:
+        """Check a leg (or record) new to this shard as Prepare does: slot here
+        and not moving, then the account's own refusals. Refused: (the answer,
+        None), a business refusal recorded ABORTED (final for the id). Else
+        (the record, not stored yet, with no state, and its account)."""
+        account_id = transfer.debit_account_id if role == DEBIT else transfer.credit_account_id
+        if not self._owns(account_id):
+            return _leg_refused(transfer, role, _slot_moved(account_id)), None
+        if self._moving(account_id):
+            return _leg_refused(transfer, role, _slot_moving(account_id)), None
+        if role == DEBIT:
+            refusal = self._debit_refusal(account_id, transfer)
+        else:
+            refusal = self._credit_refusal(account_id, transfer)
+        transfer.created_at_unix_ms = transfer.updated_at_unix_ms = now_ms
+        record = ledger_pb2.Leg(transfer=transfer, role=role, epoch=epoch, prepared_at_unix_ms=now_ms)  # type: ignore[arg-type]
+        if refusal is not None:
+            record.state = ABORTED
+            record.transfer.status = types_pb2.TRANSFER_STATUS_ABORTED
+            _set_outcome(record.transfer, refusal)
+            self._record_leg(key, record, types_pb2.JOURNAL_KIND_LEG_ABORTED, [], now_ms)
+            return _leg_out(record), None
+        account = self.accounts[account_id]
+        invariant(account.type != SYSTEM, f"transfer {transfer.id}: 2PC leg on a cash account")
+        return record, account
 
     def _record_leg(
         self,
@@ -1035,22 +1048,26 @@ class Ledger:
 
     def _resolve(self, item: ledger_pb2.DecideItem, role: int, epoch: int, now_ms: int) -> ledger_pb2.Leg:
         """Decide (role DEBIT, the record holder) or Finish (role CREDIT)."""
-        given = item.transfer if item.HasField("transfer") else types_pb2.Transfer(id=item.transfer_id)
+        has_body = item.HasField("transfer")
+        given = item.transfer if has_body else types_pb2.Transfer(id=item.transfer_id)
         try:
             transfer_id = ids.normalize_transfer_id(item.transfer_id)
             if item.decision not in (COMMIT, ABORT):
                 raise errors.invalid(errors.INVALID_ARGUMENT, "decision must be COMMIT or ABORT")
             if len(item.reason) > limits.STATUS_REASON_LENGTH_MAX:
                 raise errors.invalid(errors.INVALID_REASON, "reason is too long")
-            body = None
-            if item.HasField("transfer"):
-                body = self._transfer_form(item.transfer, cross_shard=True)
-                if body.id != transfer_id:
-                    raise errors.invalid(errors.INVALID_TRANSFER_ID, "transfer.id differs from transfer_id")
+            if item.direct and (role != DEBIT or not has_body):
+                raise errors.invalid(errors.INVALID_ARGUMENT, "a direct decide is a Decide with the body")
         except BankError as error:
             return _leg_refused(given, role, error)
         key = keys.transfer_key(transfer_id) if role == DEBIT else keys.leg_key(transfer_id)
         record = self._read_leg(key)
+        body = None
+        if has_body:
+            try:
+                body = self._decided_body(item.transfer, transfer_id, record, role)
+            except BankError as error:
+                return _leg_refused(given, role, error)
         if record is None:
             return self._resolve_unknown(item, role, transfer_id, body, epoch, now_ms)
         if record.role not in (role, _single(role)) or (
@@ -1062,6 +1079,10 @@ class Ledger:
         wanted = COMMITTED if item.decision == COMMIT else ABORTED
         if record.state == wanted:
             return _leg_out(record, done=True)
+        if item.direct and record.state == PREPARED and record.transfer.review_deadline_unix_ms:
+            # A review hold waits for its officer: a direct decide is a plain
+            # (re-)submission that never prepared here, so it decides nothing.
+            return _leg_out(record)
         if record.state != PREPARED:
             contradiction = errors.precondition(
                 errors.CONTRADICTORY_DECISION,
@@ -1077,6 +1098,30 @@ class Ledger:
         self._settle(record, key, wanted, item, epoch, now_ms)
         return _leg_out(record, done=True)
 
+    def _decided_body(
+        self, given: types_pb2.Transfer, transfer_id: str, record: ledger_pb2.Leg | None, role: int
+    ) -> types_pb2.Transfer:
+        """The checked body of a Decide/Finish item, or INVALID_ARGUMENT.
+
+        The common case is the leg this shard prepared, asked about with the
+        very body it stored: that body passed `_transfer_form` at Prepare, so
+        an equal one needs no second pass (the Luhn check of the other shard's
+        account was a tenth of a node's 2PC time). Anything else (no record,
+        a tombstone, a single-shard record, another body) is checked in full,
+        so errors come out exactly as before."""
+        if (
+            record is not None
+            and record.role == role
+            and record.transfer.kind != types_pb2.TRANSFER_KIND_UNSPECIFIED
+            and client_body(record.transfer) == client_body(given)
+            and ids.normalize_transfer_id(given.id) == transfer_id
+        ):
+            return record.transfer
+        body = self._transfer_form(given, cross_shard=True)
+        if body.id != transfer_id:
+            raise errors.invalid(errors.INVALID_TRANSFER_ID, "transfer.id differs from transfer_id")
+        return body
+
     def _resolve_unknown(
         self,
         item: ledger_pb2.DecideItem,
@@ -1088,6 +1133,8 @@ class Ledger:
     ) -> ledger_pb2.Leg:
         """No record here: COMMIT is refused, ABORT leaves a tombstone (presumed abort)."""
         given = body or types_pb2.Transfer(id=transfer_id)
+        if item.decision == COMMIT and item.direct and body is not None:
+            return self._commit_unprepared(body, epoch, now_ms)
         if item.decision == COMMIT:
             return _leg_refused(given, role, errors.not_found(errors.TRANSFER_NOT_FOUND, "no such leg here"))
         if body is not None:
@@ -1105,6 +1152,34 @@ class Ledger:
         record = ledger_pb2.Leg(transfer=tombstone, role=role, state=ABORTED, epoch=epoch)  # type: ignore[arg-type]
         key = keys.transfer_key(transfer_id) if role == DEBIT else keys.leg_key(transfer_id)
         self._record_leg(key, record, types_pb2.JOURNAL_KIND_LEG_ABORTED, [], now_ms)
+        return _leg_out(record, done=True)
+
+    def _commit_unprepared(self, body: types_pb2.Transfer, epoch: int, now_ms: int) -> ledger_pb2.Leg:
+        """A direct COMMIT at the record holder with no record yet: the credit
+        leg is PREPARED elsewhere, so check the debit as a Prepare would and
+        post it in the same step: the record is the decision, written once
+        (no hold, no in-doubt entry, one journal entry instead of two)."""
+        if body.review_deadline_unix_ms:
+            review = errors.invalid(errors.INVALID_ARGUMENT, "a review hold is prepared, not decided direct")
+            return _leg_refused(body, DEBIT, review)
+        key = keys.transfer_key(body.id)
+        record, account = self._new_leg(body, DEBIT, key, epoch, now_ms)
+        if account is None:
+            return record
+        account_id = account.id
+        amount = body.amount
+        account.balance -= amount
+        self._touch(account, now_ms)
+        record.state = COMMITTED
+        record.transfer.status = types_pb2.TRANSFER_STATUS_COMMITTED
+        _set_outcome(record.transfer, None)
+        posting = records.posting(account_id, -amount)
+        kind = types_pb2.JOURNAL_KIND_LEG_COMMITTED
+        seq, transfer_bytes = self._record_leg(key, record, kind, [posting], now_ms)
+        self._history(account, transfer_bytes, -amount, seq)
+        self.transfers_applied += 1
+        if self._observe is not None:
+            self._observe(account_id, now_ms, -amount, body.credit_account_id)
         return _leg_out(record, done=True)
 
     def _settle(

@@ -231,3 +231,64 @@ def test_leader_failover_resolves_in_doubt_transfers(failover_cluster: LocalClus
     # And new transfers flow through the new leader.
     assert client.transfer(alice.id, bob.id, 500, "CNY").status == COMMITTED
     client.close_channel()
+
+
+def test_credit_leg_prepared_without_a_direct_decide_is_presumed_aborted(
+    client: BankClient, cluster: LocalCluster
+) -> None:
+    """A leader that dies between the credit Prepare and the direct Decide
+    leaves a PREPARED credit leg and no record: recovery tombstones the record
+    holder and aborts the leg; the late direct Decide then meets the tombstone
+    and moves nothing (docs/2pc.md, "Direct decide")."""
+    alice = open_on_shard(client, cluster, "shard-1")
+    bob = open_on_shard(client, cluster, "shard-2")
+    client.deposit(alice.id, 1_000, "CNY")
+    leader = _leader(cluster)
+    assert leader is not None
+    transfer = types_pb2.Transfer(
+        id=str(uuid.uuid4()),
+        kind=types_pb2.TRANSFER_KIND_TRANSFER,
+        debit_account_id=alice.id,
+        credit_account_id=bob.id,
+        amount=400,
+        currency="CNY",
+    )
+    debit_channel, debit_node = _node(cluster, "shard-1")
+    credit_channel, credit_node = _node(cluster, "shard-2")
+    try:
+        credit = credit_node.Prepare(
+            ledger_pb2.PrepareRequest(
+                epoch=leader.epoch,
+                items=[ledger_pb2.PrepareItem(transfer=transfer, role=types_pb2.LEG_ROLE_CREDIT)],
+            ),
+            timeout=5,
+        )
+        assert credit.legs[0].state == ledger_pb2.LEG_STATE_PREPARED, credit
+        assert client.get_account(bob.id).pending_credit == 400
+        assert _wait_final(client, transfer.id) == ABORTED
+        deadline = time.monotonic() + RESOLVE_WAIT_S
+        while client.get_account(bob.id).pending_credit and time.monotonic() < deadline:
+            time.sleep(0.2)
+        late = debit_node.Decide(
+            ledger_pb2.DecideRequest(
+                epoch=leader.epoch,
+                items=[
+                    ledger_pb2.DecideItem(
+                        transfer_id=transfer.id,
+                        decision=ledger_pb2.DECISION_COMMIT,
+                        transfer=transfer,
+                        direct=True,
+                    )
+                ],
+            ),
+            timeout=5,
+        )
+    finally:
+        debit_channel.close()
+        credit_channel.close()
+    assert late.legs[0].state == ledger_pb2.LEG_STATE_ABORTED, late
+    assert late.legs[0].reason == "CONTRADICTORY_DECISION"
+    assert (balance(client, alice.id), balance(client, bob.id)) == (1_000, 0)
+    for account_id in (alice.id, bob.id):
+        account = client.get_account(account_id)
+        assert (account.held, account.pending_credit) == (0, 0)

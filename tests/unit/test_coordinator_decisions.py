@@ -267,3 +267,87 @@ def test_a_single_shard_record_is_followed_and_its_credit_leg_aborted() -> None:
     assert decisions.verdict_of_decide(abort, single).truth == Truth.ABORTED
     moving = ledger_pb2.Leg(transfer=types_pb2.Transfer(id="t"), code=14, reason=errors.SLOT_MOVING)
     assert decisions.classify(moving).vote == decisions.Vote.SLOT_MOVED
+
+
+# --- direct decide ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("credit", "step", "decision", "reason"),
+    [
+        (PREPARED, Step.DECIDE, ledger_pb2.DECISION_COMMIT, ""),
+        (Answer(Vote.COMMITTED), Step.DECIDE, ledger_pb2.DECISION_COMMIT, ""),
+        (UNKNOWN, Step.DECIDE, ledger_pb2.DECISION_ABORT, errors.SHARD_UNAVAILABLE),
+        (
+            Answer(Vote.ABORTED, PRECONDITION, errors.ACCOUNT_FROZEN),
+            Step.DECIDE,
+            ledger_pb2.DECISION_ABORT,
+            errors.ACCOUNT_FROZEN,
+        ),
+        (
+            Answer(Vote.CONFLICT, 6, errors.TRANSFER_ID_CONFLICT),
+            Step.DECIDE,
+            ledger_pb2.DECISION_ABORT,
+            errors.TRANSFER_ID_CONFLICT,
+        ),
+        (Answer(Vote.SLOT_MOVED, 10, errors.SLOT_MOVED), Step.RETRY, ledger_pb2.DECISION_UNSPECIFIED, ""),
+    ],
+)
+def test_plan_direct_asks_what_a_prepared_record_holder_would_be_asked(
+    credit: Answer, step: Step, decision: int, reason: str
+) -> None:
+    plan = decisions.plan_direct(credit)
+    assert (plan.step, plan.decision) == (step, decision)
+    if step == Step.DECIDE:
+        assert plan.reason == reason
+        assert plan == decisions.plan(PREPARED, credit)
+
+
+def test_verdict_of_direct() -> None:
+    commit = decisions.plan_direct(PREPARED)
+    done = leg(ledger_pb2.LEG_STATE_COMMITTED)
+    assert decisions.verdict_of_direct(commit, decisions.classify(done), done) == Verdict(Truth.COMMITTED)
+    # The debit refused now: an ABORTED record carrying its reason.
+    refused = leg(
+        ledger_pb2.LEG_STATE_ABORTED,
+        PRECONDITION,
+        errors.INSUFFICIENT_FUNDS,
+        errors.INSUFFICIENT_FUNDS,
+        PRECONDITION,
+    )
+    verdict = decisions.verdict_of_direct(commit, decisions.classify(refused), refused)
+    assert (verdict.truth, verdict.code, verdict.reason) == (
+        Truth.ABORTED,
+        PRECONDITION,
+        errors.INSUFFICIENT_FUNDS,
+    )
+    # Recovery was first: contradicted with the truth.
+    tomb = leg(
+        ledger_pb2.LEG_STATE_ABORTED, PRECONDITION, errors.CONTRADICTORY_DECISION, errors.PREPARE_TIMEOUT, 10
+    )
+    verdict = decisions.verdict_of_direct(commit, decisions.classify(tomb), tomb)
+    assert (verdict.truth, verdict.reason) == (Truth.ABORTED, errors.PREPARE_TIMEOUT)
+    # The id belongs to another body at the record holder: ABORTED for the
+    # caller (answered REJECTED), nothing recorded for us.
+    taken = ledger_pb2.Leg(state=ledger_pb2.LEG_STATE_UNKNOWN, code=6, reason=errors.TRANSFER_ID_CONFLICT)
+    verdict = decisions.verdict_of_direct(commit, decisions.classify(taken), taken)
+    assert (verdict.truth, verdict.reason) == (Truth.ABORTED, errors.TRANSFER_ID_CONFLICT)
+    assert decisions.verdict_of_vote(UNKNOWN).truth == Truth.UNKNOWN
+
+
+def test_verdict_of_direct_follows_a_single_shard_record() -> None:
+    """The id was settled on one shard before a slot move made it cross-shard:
+    the record holder answers the single-shard record (role 0); its state is
+    the outcome (the credit leg is then aborted, never committed)."""
+    commit = decisions.plan_direct(PREPARED)
+    posted = ledger_pb2.Leg(transfer=types_pb2.Transfer(id="t"), state=ledger_pb2.LEG_STATE_COMMITTED)
+    debit = decisions.classify(posted)
+    assert debit.single_shard
+    assert decisions.verdict_of_direct(commit, debit, posted) == Verdict(Truth.COMMITTED)
+    refused = ledger_pb2.Leg(
+        transfer=types_pb2.Transfer(id="t", code=PRECONDITION, reason=errors.INSUFFICIENT_FUNDS),
+        state=ledger_pb2.LEG_STATE_ABORTED,
+    )
+    verdict = decisions.verdict_of_direct(commit, decisions.classify(refused), refused)
+    assert (verdict.truth, verdict.reason) == (Truth.ABORTED, errors.INSUFFICIENT_FUNDS)
+    assert decisions.should_finish(PREPARED, verdict)

@@ -71,6 +71,12 @@ class FakeNode(ledger_pb2_grpc.LedgerNodeServicer):
     down: set[str] = field(default_factory=set)
     moved: set[int] = field(default_factory=set)  # accounts whose slot left this shard
     delay_s: float = 0.0
+    # Prepare calls running at once (the most seen), and how often an id was
+    # in two of them at once.
+    prepares_now: int = 0
+    prepares_most: int = 0
+    id_overlaps: int = 0
+    ids_now: Counter[str] = field(default_factory=Counter)
 
     async def _gate(self, method: str, epoch: int | None, context: grpc.aio.ServicerContext) -> None:
         self.calls[method] += 1
@@ -103,7 +109,17 @@ class FakeNode(ledger_pb2_grpc.LedgerNodeServicer):
         return S.Leg(transfer=t, role=role, state=S.LEG_STATE_UNKNOWN, code=code, reason=reason)
 
     async def Prepare(self, request: S.PrepareRequest, context: grpc.aio.ServicerContext) -> S.LegsResponse:
-        await self._gate("Prepare", request.epoch, context)
+        self.prepares_now += 1
+        self.prepares_most = max(self.prepares_most, self.prepares_now)
+        for item in request.items:
+            self.ids_now[item.transfer.id] += 1
+            self.id_overlaps += self.ids_now[item.transfer.id] > 1
+        try:
+            await self._gate("Prepare", request.epoch, context)
+        finally:
+            self.prepares_now -= 1
+            for item in request.items:
+                self.ids_now[item.transfer.id] -= 1
         legs = [self._prepare(item.transfer, item.role) for item in request.items]
         return S.LegsResponse(legs=legs)
 
@@ -162,6 +178,19 @@ class FakeNode(ledger_pb2_grpc.LedgerNodeServicer):
         role = T.LEG_ROLE_DEBIT if debit else T.LEG_ROLE_CREDIT
         rec = table.get(item.transfer_id)
         wanted = STATE_OF[item.decision]
+        if rec is None and item.direct and item.decision == S.DECISION_COMMIT:
+            return self._commit_direct(item.transfer)
+        # Another body under this id (a tombstone without a body matches any).
+        other_body = (
+            rec is not None and rec.transfer.kind and body_key(rec.transfer) != body_key(item.transfer)
+        )
+        if other_body and item.HasField("transfer"):
+            return self._refusal(item.transfer, role, ALREADY_EXISTS, errors.TRANSFER_ID_CONFLICT)
+        review_hold = (
+            rec is not None and rec.state == S.LEG_STATE_PREPARED and rec.transfer.review_deadline_unix_ms
+        )
+        if rec is not None and item.direct and review_hold:
+            return self._leg(rec, role)  # a direct decide leaves a review hold alone
         if rec is None:
             if item.decision == S.DECISION_COMMIT:
                 return self._refusal(item.transfer, role, NOT_FOUND, errors.TRANSFER_NOT_FOUND)
@@ -185,6 +214,20 @@ class FakeNode(ledger_pb2_grpc.LedgerNodeServicer):
         if rec.state == wanted:
             return self._leg(rec, role)
         return self._leg(rec, role, PRECONDITION, errors.CONTRADICTORY_DECISION)
+
+    def _commit_direct(self, t: T.Transfer) -> S.Leg:
+        """Decide(COMMIT, direct) with no record: check the debit as Prepare
+        would and post it at once (record COMMITTED, or ABORTED refused)."""
+        account_id = t.debit_account_id
+        if account_id in self.moved:
+            return self._refusal(t, T.LEG_ROLE_DEBIT, ABORTED, errors.SLOT_MOVED)
+        code, reason = self._check(t, account_id, debit=True)
+        rec = Rec(T.Transfer(), S.LEG_STATE_ABORTED if code else S.LEG_STATE_COMMITTED, code, reason)
+        rec.transfer.CopyFrom(t)
+        self.records[t.id] = rec
+        if not code:
+            self.accounts[account_id].balance -= t.amount
+        return self._leg(rec, T.LEG_ROLE_DEBIT, code, reason)
 
     async def ListInDoubt(
         self, request: S.ListInDoubtRequest, context: grpc.aio.ServicerContext
@@ -420,6 +463,84 @@ async def test_concurrent_requests_share_rpcs(cluster: Cluster) -> None:
 
 
 @with_cluster
+async def test_a_trickle_waits_for_the_round_in_flight(cluster: Cluster) -> None:
+    """Single transfers arriving while a round is in flight (fewer than
+    PIPELINE_ITEMS_MIN queued) wait for it and go together: no overlap."""
+    cluster.nodes["shard-2"].delay_s = 0.05
+
+    async def later(delay_s: float) -> list[T.Transfer]:
+        await asyncio.sleep(delay_s)
+        return await cluster.submit(transfer(amount=10))
+
+    results = await asyncio.gather(*(later(0.01 * i) for i in range(12)))
+    assert all(r.status == T.TRANSFER_STATUS_COMMITTED for (r,) in results)
+    assert cluster.nodes["shard-2"].prepares_most == 1
+    assert cluster.nodes["shard-2"].calls["Prepare"] < 12
+    assert cluster.acct(ALICE).balance == 880 and cluster.no_holds()
+
+
+@pytest.fixture
+def pipeline_from_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(twopc_module, "PIPELINE_ITEMS_MIN", 1)
+
+
+@pytest.mark.usefixtures("pipeline_from_one")
+@with_cluster
+async def test_rounds_overlap_and_all_settle(cluster: Cluster) -> None:
+    """A round does not wait for the one before it: while one waits on its
+    slow Prepare, the next starts (up to ROUNDS_IN_FLIGHT_MAX at once)."""
+    cluster.nodes["shard-2"].delay_s = 0.05  # the credit shard: the only one prepared
+    watch = cluster.nodes["shard-2"]
+
+    async def later(delay_s: float) -> list[T.Transfer]:
+        await asyncio.sleep(delay_s)
+        return await cluster.submit(transfer(amount=10))
+
+    results = await asyncio.gather(*(later(0.01 * i) for i in range(12)))
+    assert all(r.status == T.TRANSFER_STATUS_COMMITTED for (r,) in results)
+    assert 2 <= watch.prepares_most <= twopc_module.ROUNDS_IN_FLIGHT_MAX
+    assert cluster.acct(ALICE).balance == 880 and cluster.acct(BOB).balance == 120
+    assert cluster.no_holds()
+
+
+@pytest.mark.usefixtures("pipeline_from_one")
+@with_cluster
+async def test_one_id_never_runs_in_two_rounds_at_once(cluster: Cluster) -> None:
+    """A resend of an id whose round is in flight waits for that round, then
+    gets the same outcome; the money moves once."""
+    cluster.nodes["shard-2"].delay_s = 0.05  # the credit shard: the only one prepared
+    watch = cluster.nodes["shard-2"]
+    t = transfer(amount=300)
+
+    async def later(delay_s: float, item: T.Transfer) -> list[T.Transfer]:
+        await asyncio.sleep(delay_s)
+        return await cluster.submit(item)
+
+    results = await asyncio.gather(
+        later(0, t), later(0.01, transfer(amount=1)), later(0.02, t), later(0.03, t)
+    )
+    assert [r.status for (r,) in results] == [T.TRANSFER_STATUS_COMMITTED] * 4
+    assert watch.prepares_most >= 2  # other rounds did overlap
+    assert watch.id_overlaps == 0
+    assert cluster.nodes["shard-2"].calls["Prepare"] >= 3  # t was prepared again, after its round
+    assert cluster.acct(ALICE).balance == 699 and cluster.acct(BOB).balance == 301
+
+
+@with_cluster
+async def test_stopping_answers_the_rounds_in_flight(cluster: Cluster) -> None:
+    """Cancelling the loop (the coordinator stops) answers the items of the
+    rounds it was running: UNAVAILABLE NOT_LEADER, so the client retries."""
+    cluster.nodes["shard-1"].delay_s = 0.5
+    loop_task = asyncio.create_task(cluster.twopc.run())  # a second loop we can cancel
+    pending = asyncio.create_task(cluster.submit(transfer()))
+    await asyncio.sleep(0.1)
+    loop_task.cancel()
+    cluster.twopc.close()
+    (result,) = await pending
+    assert (result.status, result.reason) == (T.TRANSFER_STATUS_PENDING, errors.NOT_LEADER)
+
+
+@with_cluster
 async def test_credit_shard_down_aborts_and_releases_the_hold(cluster: Cluster) -> None:
     cluster.nodes["shard-2"].down = {"Prepare"}
     (result,) = await cluster.submit(transfer())
@@ -459,16 +580,22 @@ async def test_crash_after_decide_before_finish_recovery_commits_credit(cluster:
 
 @with_cluster
 async def test_crash_after_prepare_before_decide_recovery_aborts(cluster: Cluster) -> None:
+    """Only the credit leg is prepared before a direct Decide: when that Decide
+    is lost, recovery tombstones the record holder (presumed abort), so the
+    late Decide, or a resend, finds ABORTED and the pending credit goes."""
     cluster.nodes["shard-1"].down = {"Decide"}
     t = transfer()
     (result,) = await cluster.submit(t)
     assert result.status == T.TRANSFER_STATUS_PENDING
-    assert cluster.acct(ALICE).held == 100 and cluster.acct(BOB).pending_credit == 100
+    assert cluster.acct(ALICE).held == 0 and cluster.acct(BOB).pending_credit == 100
+    assert t.id not in cluster.nodes["shard-1"].records
     cluster.nodes["shard-1"].down = set()
     assert await cluster.recovery.sweep() == 1
+    assert cluster.nodes["shard-1"].records[t.id].state == S.LEG_STATE_ABORTED
     assert cluster.no_holds() and cluster.total() == 1050
     (again,) = await cluster.submit(t)
     assert again.status == T.TRANSFER_STATUS_ABORTED
+    assert cluster.acct(ALICE).balance == 1000 and cluster.acct(BOB).balance == 0
 
 
 @with_cluster
@@ -585,7 +712,10 @@ async def test_review_hold_is_prepared_not_decided_and_a_resubmission_cannot_ski
     # The same id again without the review flag (an engine that now says ALLOW): still held.
     (again,) = await cluster.submit(transfer(amount=300, transfer_id=t.id))
     assert (again.status, again.reason) == (T.TRANSFER_STATUS_PENDING, errors.UNDER_REVIEW)
-    assert cluster.nodes["shard-1"].calls["Decide"] == 0 and cluster.acct(BOB).balance == 0
+    # It went the direct way (no review flag): the record holder left the hold alone.
+    assert cluster.nodes["shard-1"].records[t.id].state == S.LEG_STATE_PREPARED
+    assert cluster.nodes["shard-2"].calls["Finish"] == 0 and cluster.acct(BOB).balance == 0
+    assert (cluster.acct(ALICE).held, cluster.acct(BOB).pending_credit) == (300, 300)
 
 
 @with_cluster
@@ -602,3 +732,36 @@ async def test_review_hold_refused_by_the_credit_shard_aborts_as_usual(cluster: 
     (done,) = await cluster.submit(_for_review(transfer(amount=100)))
     assert (done.status, done.reason) == (T.TRANSFER_STATUS_ABORTED, errors.ACCOUNT_FROZEN)
     assert cluster.no_holds()
+
+
+@with_cluster
+async def test_one_call_gets_every_outcome_in_order(cluster: Cluster) -> None:
+    """The items of one call take different paths (2PC, one shard, refused)
+    and finish at different times; the call gets them back in its order."""
+    cross, local, refused = transfer(amount=10), transfer(ALICE, CAROL, 20), transfer(amount=99_999)
+    results = await cluster.submit(cross, local, refused, transfer(amount=30))
+    assert [r.id for r in results] == [cross.id, local.id, refused.id, results[3].id]
+    assert [r.status for r in results] == [
+        T.TRANSFER_STATUS_COMMITTED,
+        T.TRANSFER_STATUS_COMMITTED,
+        T.TRANSFER_STATUS_ABORTED,
+        T.TRANSFER_STATUS_COMMITTED,
+    ]
+    assert results[2].reason == errors.INSUFFICIENT_FUNDS
+    assert cluster.acct(BOB).balance == 40 and cluster.no_holds()
+
+
+@with_cluster
+async def test_a_caller_that_gives_up_does_not_disturb_the_others(cluster: Cluster) -> None:
+    cluster.nodes["shard-2"].delay_s = 0.2
+    impatient = asyncio.create_task(cluster.twopc.submit([transfer(amount=10)]))
+    patient = asyncio.create_task(cluster.submit(transfer(amount=20), transfer(amount=30)))
+    await asyncio.sleep(0.05)
+    impatient.cancel()
+    results = await patient
+    assert [r.status for r in results] == [T.TRANSFER_STATUS_COMMITTED] * 2
+    with contextlib.suppress(asyncio.CancelledError):
+        await impatient
+    # The cancelled item was in the round already: it still settles, once.
+    assert cluster.acct(BOB).balance in (50, 60) and cluster.no_holds()
+    assert cluster.total() == 1050

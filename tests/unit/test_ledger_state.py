@@ -552,3 +552,136 @@ def test_prepare_for_an_account_this_shard_does_not_own_is_slot_moved() -> None:
         ledger_pb2.LEG_STATE_UNKNOWN,
     )
     assert node.ledger.accounts[a].held == 0
+
+
+def test_decide_body_shortcut_answers_as_the_full_check() -> None:
+    """A Decide/Finish with the body the leg was prepared with skips the second
+    shape check (_decided_body); anything else still gets it in full."""
+    node = MemoryLedger()
+    a = funded(node, 1_000)
+    other_shard_account = ids.new_account_id()
+    item = move(a, other_shard_account, 100)
+    one_leg(node.legs(prepare(item, types_pb2.LEG_ROLE_DEBIT)))
+    # A malformed body for a prepared id: refused as malformed (not as a
+    # conflict, not decided), and the hold stays.
+    bad = move(a, other_shard_account, 100, item.id)
+    bad.memo = "x" * (limits.MEMO_LENGTH_MAX + 1)
+    refused = one_leg(node.legs(ledger_pb2.DecideRequest(epoch=1, items=[decision(item.id, 1, bad)])))
+    assert (refused.code, refused.reason) == (INVALID, errors.INVALID_ARGUMENT)
+    # The body with its id in upper case: the same transfer.
+    same = move(a, other_shard_account, 100, item.id.upper())
+    mismatch = move(a, other_shard_account, 100, str(uuid.uuid4()))
+    wrong_id = one_leg(node.legs(ledger_pb2.DecideRequest(epoch=1, items=[decision(item.id, 1, mismatch)])))
+    assert (wrong_id.code, wrong_id.reason) == (INVALID, errors.INVALID_TRANSFER_ID)
+    assert node.ledger.accounts[a].held == 100
+    done = one_leg(node.legs(ledger_pb2.DecideRequest(epoch=1, items=[decision(item.id, 1, same)])))
+    assert (done.state, done.code) == (ledger_pb2.LEG_STATE_COMMITTED, OK)
+    assert (node.balance(a), node.ledger.accounts[a].held) == (900, 0)
+    # A Finish (credit role) for the debit record's id finds no credit leg:
+    # the body is checked in full and a tombstone is written with it.
+    tomb = one_leg(node.legs(ledger_pb2.FinishRequest(epoch=1, items=[decision(item.id, 2, item)])))
+    assert (tomb.state, tomb.role) == (ledger_pb2.LEG_STATE_ABORTED, types_pb2.LEG_ROLE_CREDIT)
+    assert tomb.transfer.amount == 100
+
+
+def direct(item: types_pb2.Transfer, what: int = 1, **fields: object) -> ledger_pb2.DecideRequest:
+    """A direct Decide: the record holder was not prepared (docs/2pc.md)."""
+    decide_item = decision(item.id, what, item)
+    decide_item.direct = True
+    for name, value in fields.items():
+        setattr(decide_item, name, value)
+    return ledger_pb2.DecideRequest(epoch=1, items=[decide_item])
+
+
+def test_direct_commit_checks_and_posts_the_debit_in_one_step() -> None:
+    node = MemoryLedger()
+    a = funded(node, 1_000)
+    item = move(a, ids.new_account_id(), 300)
+    seq_before = node.ledger.journal_seq
+    done = one_leg(node.legs(direct(item)))
+    assert (done.state, done.code, done.role) == (
+        ledger_pb2.LEG_STATE_COMMITTED,
+        OK,
+        types_pb2.LEG_ROLE_DEBIT,
+    )
+    state = node.ledger.accounts[a]
+    assert (state.balance, state.held, state.available) == (700, 0, 700)
+    assert node.ledger.in_doubt == {} and not any(k.startswith(keys.IN_DOUBT) for k in node.kv)
+    assert node.ledger.journal_seq == seq_before + 1  # one entry: the decision with its posting
+    assert node.ledger.get_transfer(item.id).status == COMMITTED
+    # Asked again (a resend, a retried round): the same answer, nothing moves.
+    again = one_leg(node.legs(direct(item)))
+    assert (again.state, again.code) == (ledger_pb2.LEG_STATE_COMMITTED, OK)
+    assert node.balance(a) == 700 and node.ledger.journal_seq == seq_before + 1
+    # Presumed abort arriving later is contradicted with the truth.
+    late = one_leg(node.legs(ledger_pb2.DecideRequest(epoch=1, items=[decision(item.id, 2, item)])))
+    assert (late.state, late.reason) == (ledger_pb2.LEG_STATE_COMMITTED, errors.CONTRADICTORY_DECISION)
+
+
+def test_direct_commit_refusal_is_recorded_and_final() -> None:
+    node = MemoryLedger()
+    a = funded(node, 100)
+    item = move(a, ids.new_account_id(), 300)
+    refused = one_leg(node.legs(direct(item)))
+    assert (refused.state, refused.code, refused.reason) == (
+        ledger_pb2.LEG_STATE_ABORTED,
+        PRECONDITION,
+        errors.INSUFFICIENT_FUNDS,
+    )
+    node.transfers(deposit(a, 1_000))  # funds arrive: the refusal stays the outcome
+    again = one_leg(node.legs(direct(item)))
+    assert again.state == ledger_pb2.LEG_STATE_ABORTED
+    assert again.transfer.reason == errors.INSUFFICIENT_FUNDS
+    assert node.balance(a) == 1_100 and node.ledger.accounts[a].held == 0
+
+
+def test_direct_commit_after_a_tombstone_is_contradicted() -> None:
+    node = MemoryLedger()
+    a = funded(node, 1_000)
+    item = move(a, ids.new_account_id(), 300)
+    abort = decision(item.id, 2, item)
+    abort.code, abort.reason = ABORTED_CODE, errors.PREPARE_TIMEOUT
+    one_leg(node.legs(ledger_pb2.DecideRequest(epoch=1, items=[abort])))
+    late = one_leg(node.legs(direct(item)))
+    assert (late.state, late.reason) == (ledger_pb2.LEG_STATE_ABORTED, errors.CONTRADICTORY_DECISION)
+    assert late.transfer.reason == errors.PREPARE_TIMEOUT
+    assert node.balance(a) == 1_000
+
+
+def test_direct_decide_settles_a_prepared_record_but_leaves_a_review_hold() -> None:
+    node = MemoryLedger()
+    a = funded(node, 1_000)
+    plain = move(a, ids.new_account_id(), 100)
+    one_leg(node.legs(prepare(plain, types_pb2.LEG_ROLE_DEBIT)))
+    settled = one_leg(node.legs(direct(plain)))
+    assert settled.state == ledger_pb2.LEG_STATE_COMMITTED
+    assert (node.balance(a), node.ledger.accounts[a].held) == (900, 0)
+    review = move(a, ids.new_account_id(), 200)
+    review.review_deadline_unix_ms = node.now_ms + 3_600_000
+    one_leg(node.legs(prepare(review, types_pb2.LEG_ROLE_DEBIT)))
+    resend = move(a, review.credit_account_id, 200, review.id)  # without the review flag
+    for what in (1, 2):
+        left = one_leg(node.legs(direct(resend, what)))
+        assert (left.state, left.code) == (ledger_pb2.LEG_STATE_PREPARED, OK)
+        assert left.transfer.reason == errors.UNDER_REVIEW
+    assert (node.balance(a), node.ledger.accounts[a].held) == (900, 200)
+
+
+def test_direct_decide_refusals_record_nothing() -> None:
+    node = MemoryLedger()
+    a = funded(node, 1_000)
+    item = move(a, ids.new_account_id(), 100)
+    before = snapshot(node)
+    finish = ledger_pb2.FinishRequest(epoch=1, items=list(direct(item).items))
+    no_body = direct(item)
+    no_body.items[0].ClearField("transfer")
+    review = move(a, item.credit_account_id, 100, item.id)
+    review.review_deadline_unix_ms = node.now_ms + 60_000
+    for request in (finish, no_body, direct(review)):
+        leg = one_leg(node.legs(request))
+        assert (leg.state, leg.code) == (ledger_pb2.LEG_STATE_UNKNOWN, INVALID), request
+    node.owned = lambda account_id: False
+    moved = one_leg(node.legs(direct(item)))
+    assert (moved.code, moved.reason) == (ABORTED_CODE, errors.SLOT_MOVED)
+    after = snapshot(node)
+    assert after[0] == {**before[0], keys.META_EPOCH: keys.u64(1)} and after[1:] == before[1:]
