@@ -77,8 +77,9 @@ class LeaderCache:
         self._etcd_endpoint = etcd_endpoint
         self._interceptors = list(interceptors)
         self._address = ""
-        self._channels: dict[str, grpc.aio.Channel] = {}
-        self._stubs: dict[str, coordinator_pb2_grpc.CoordinatorStub] = {}
+        # address -> (channel, stub): a stub builds a callable per method,
+        # so it is kept with its channel rather than built per call.
+        self._channels: dict[str, tuple[grpc.aio.Channel, coordinator_pb2_grpc.CoordinatorStub]] = {}
         self._refresh = SingleFlight(self._read)
 
     async def read(self) -> meta.Leader | None:
@@ -116,21 +117,18 @@ class LeaderCache:
         address = self._address
         if not address:
             raise unavailable(errors.NOT_LEADER, "no coordinator leader is elected")
-        stub = self._stubs.get(address)
-        if stub is None:
+        cached = self._channels.get(address)
+        if cached is None:
             channel = grpc.aio.insecure_channel(
                 address, options=CHANNEL_OPTIONS, interceptors=self._interceptors
             )
-            self._channels[address] = channel
-            # A stub builds a callable per method: once per channel, not per call.
-            stub = self._stubs[address] = coordinator_pb2_grpc.CoordinatorStub(channel)
-        return stub
+            cached = self._channels[address] = (channel, coordinator_pb2_grpc.CoordinatorStub(channel))
+        return cached[1]
 
     async def close(self) -> None:
-        for channel in self._channels.values():
+        for channel, _ in self._channels.values():
             await channel.close()
         self._channels.clear()
-        self._stubs.clear()
 
 
 class Cluster:
@@ -141,7 +139,6 @@ class Cluster:
         self.directory = ShardDirectory(etcd_endpoint, interceptors)
         self.leader = LeaderCache(etcd_endpoint, interceptors)
         self._refresh_map = SingleFlight(self.directory.refresh)
-        self._node_stubs: dict[str, tuple[str, ledger_pb2_grpc.LedgerNodeStub]] = {}
 
     async def start(self) -> None:
         await self.directory.start()
@@ -168,18 +165,10 @@ class Cluster:
         return self.slot_map.owner(account_id)
 
     def node(self, shard_id: str) -> ledger_pb2_grpc.LedgerNodeStub:
-        """The shard's stub, kept while its registered address stays the same
-        (a stub builds a callable per method: ~20 per call otherwise)."""
-        address = self.directory.address(shard_id)
-        cached = self._node_stubs.get(shard_id)
-        if cached is not None and address is not None and cached[0] == address:
-            return cached[1]
         try:
-            stub = self.directory.stub(shard_id)
+            return self.directory.stub(shard_id)
         except UnknownShard:
             raise unavailable(errors.SHARD_UNAVAILABLE, f"{shard_id} is not registered") from None
-        self._node_stubs[shard_id] = (address or "", stub)
-        return stub
 
     async def refresh_map(self) -> None:
         await self._refresh_map()

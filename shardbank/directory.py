@@ -45,7 +45,9 @@ class ShardDirectory:
         self._slot_maps = meta.SlotMapWatcher(etcd_endpoint)
         self._lock = threading.Lock()
         self._registry: dict[str, dict[str, Any]] = {}
-        self._channels: dict[str, tuple[str, grpc.aio.Channel]] = {}
+        # shard -> (address, channel, stub): a stub builds a callable per
+        # method, so it is kept with its channel rather than built per call.
+        self._channels: dict[str, tuple[str, grpc.aio.Channel, ledger_pb2_grpc.LedgerNodeStub]] = {}
         self._closing: set[asyncio.Future[None]] = set()
         self._etcd: Any = None
         self._stop = threading.Event()
@@ -60,7 +62,7 @@ class ShardDirectory:
     async def close(self) -> None:
         self._stop.set()
         self._slot_maps.stop()
-        for _, channel in list(self._channels.values()):
+        for _, channel, _ in list(self._channels.values()):
             await channel.close()
         self._channels.clear()
 
@@ -88,7 +90,8 @@ class ShardDirectory:
         return None if entry is None else str(entry["address"])
 
     def stub(self, shard_id: str) -> ledger_pb2_grpc.LedgerNodeStub:
-        """A stub on a cached channel; raises UnknownShard if not registered."""
+        """The stub on the shard's cached channel, kept while its registered
+        address stays the same; raises UnknownShard if not registered."""
         address = self.address(shard_id)
         if address is None:
             raise UnknownShard(shard_id)
@@ -101,9 +104,8 @@ class ShardDirectory:
             channel = grpc.aio.insecure_channel(
                 address, options=CHANNEL_OPTIONS, interceptors=self._interceptors
             )
-            self._channels[shard_id] = (address, channel)
-            cached = self._channels[shard_id]
-        return ledger_pb2_grpc.LedgerNodeStub(cached[1])
+            cached = self._channels[shard_id] = (address, channel, ledger_pb2_grpc.LedgerNodeStub(channel))
+        return cached[2]
 
     async def refresh(self) -> None:
         await asyncio.to_thread(self._slot_maps.refresh)
