@@ -60,7 +60,7 @@ import structlog
 from gateway.auth.guard import MONEY_ACTIONS
 from gateway.auth.interceptor import COALESCED_REQUESTS_METADATA
 from gateway.http.errors import HttpError, broken_reply, rpc_failure
-from shardbank import errors
+from shardbank import errors, ids
 from shardbank.v1 import bank_pb2, bank_pb2_grpc, types_pb2
 
 log = structlog.get_logger("gateway.http")
@@ -106,10 +106,11 @@ class _Lane:
 
 
 def id_key(transfer_id: str) -> str:
-    """Ids the gateway takes for the same transfer (UUID case/braces) map together."""
+    """Ids the gateway takes for the same transfer map together: its own
+    normalization (`ids.normalize_transfer_id`); one it refuses is kept as given."""
     try:
-        return str(uuid.UUID(transfer_id))
-    except ValueError:
+        return ids.normalize_transfer_id(transfer_id)
+    except errors.BankError:
         return transfer_id
 
 
