@@ -102,11 +102,15 @@ def call(policy: RetryPolicy, deadline_s: float, attempt: Callable[[float], T]) 
     `attempt` raises gRPC errors or ShardbankErrors; both leave as ShardbankError.
     """
     budget = _Budget(policy, deadline_s)
-    try:
+
+    def one_try() -> T:
         try:
             return attempt(budget.attempt_deadline_s())
         except grpc.RpcError as exc:
             raise errors.from_rpc_error(exc) from None
+
+    try:
+        return one_try()
     except errors.Unavailable:
         wait_s = first_backoff_s(policy)
         if not budget.affords_retry(policy, wait_s):
@@ -114,21 +118,22 @@ def call(policy: RetryPolicy, deadline_s: float, attempt: Callable[[float], T]) 
     time.sleep(wait_s)
     for retry_state in Retrying(**_tenacity_kwargs(policy, budget)):  # type: ignore[arg-type]
         with retry_state:
-            try:
-                return attempt(budget.attempt_deadline_s())
-            except grpc.RpcError as exc:
-                raise errors.from_rpc_error(exc) from None
+            return one_try()
     raise AssertionError("tenacity stopped without a result or an error")  # pragma: no cover
 
 
 async def call_async(policy: RetryPolicy, deadline_s: float, attempt: Callable[[float], Awaitable[T]]) -> T:
     """The asyncio twin of `call`."""
     budget = _Budget(policy, deadline_s)
-    try:
+
+    async def one_try() -> T:
         try:
             return await attempt(budget.attempt_deadline_s())
         except grpc.RpcError as exc:
             raise errors.from_rpc_error(exc) from None
+
+    try:
+        return await one_try()
     except errors.Unavailable:
         wait_s = first_backoff_s(policy)
         if not budget.affords_retry(policy, wait_s):
@@ -136,8 +141,5 @@ async def call_async(policy: RetryPolicy, deadline_s: float, attempt: Callable[[
     await asyncio.sleep(wait_s)
     async for retry_state in AsyncRetrying(**_tenacity_kwargs(policy, budget)):  # type: ignore[arg-type]
         with retry_state:
-            try:
-                return await attempt(budget.attempt_deadline_s())
-            except grpc.RpcError as exc:
-                raise errors.from_rpc_error(exc) from None
+            return await one_try()
     raise AssertionError("tenacity stopped without a result or an error")  # pragma: no cover
