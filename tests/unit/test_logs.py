@@ -34,3 +34,34 @@ def test_identity_on_every_event_even_from_a_thread(
     assert (main["component"], main["shard_id"], main["transfer_id"]) == ("ledger_node", "shard-3", "t-1")
     assert isinstance(main["pid"], int) and main["level"] == "info"
     assert thread["component"] == "ledger_node" and thread["shard_id"] == "own"  # the event's own key wins
+
+
+class _Opaque:
+    def __repr__(self) -> str:
+        return "<opaque>"
+
+
+def test_values_orjson_refuses_still_make_one_json_line(
+    configured: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A log call must never raise on the hot path: a 65-bit int and a
+    non-string key go through json instead, and an unknown object is its repr."""
+    logs.configure("gateway", "info")
+    log = structlog.get_logger("test")
+    log.info("big", value=2**70, by_slot={7: "a"}, thing=_Opaque())
+    log.info("plain", items=1, note="élan")
+    big, plain = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert (big["value"], big["by_slot"], big["thing"]) == (2**70, {"7": "a"}, "<opaque>")
+    assert (plain["items"], plain["note"], plain["component"]) == (1, "élan", "gateway")
+
+
+def test_console_format_is_text_not_json(
+    configured: None, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SHARDBANK_LOG_FORMAT", "console")
+    logs.configure("gateway", "info")
+    structlog.get_logger("test").info("hello", transfer_id="t-9")
+    err = capsys.readouterr().err
+    assert "hello" in err and "transfer_id=t-9" in err
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(err)
