@@ -41,6 +41,11 @@ def path(data_dir: Path) -> Path:
     return data_dir / FILE_NAME
 
 
+def log_path(data_dir: Path, name: str) -> Path:
+    """Where an added node's output goes (beside the cluster's own logs)."""
+    return data_dir / "logs" / f"{name}.log"
+
+
 def read(data_dir: Path) -> list[AddedShard]:
     try:
         entries = json.loads(path(data_dir).read_text(encoding="utf-8"))
@@ -86,16 +91,17 @@ def start(data_dir: Path, etcd: str) -> AddedShard:
         name = next_name(data_dir, known)
         address = f"127.0.0.1:{processes.free_ports(1)[0]}"
         argv = node_argv(data_dir, name, address, etcd)
-        (data_dir / "logs").mkdir(parents=True, exist_ok=True)
+        log = log_path(data_dir, name)
+        log.parent.mkdir(parents=True, exist_ok=True)
         root = str(Path(__file__).resolve().parent.parent)
         python_path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-        child = processes.spawn(argv, data_dir / "logs" / f"{name}.log", {"PYTHONPATH": python_path})
+        child = processes.spawn(argv, log, {"PYTHONPATH": python_path})
         added = AddedShard(name, address, tuple(argv), child.pid)
         write(data_dir, [*[s for s in read(data_dir) if s.name != name], added])
         deadline = time.monotonic() + REGISTER_WAIT_S
         while name not in meta.list_shards(client):
             if child.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{name} did not register; see {data_dir / 'logs' / (name + '.log')}")
+                raise RuntimeError(f"{name} did not register; see {log}")
             time.sleep(meta.POLL_INTERVAL_S / 5)
         return added
     finally:

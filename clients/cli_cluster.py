@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 
-from clients import cluster_status, render
+from clients import added_shards, cluster_status, render
 from clients.cluster_state import ClusterState, read_state, running
 from clients.errors import ShardbankError
 from clients.local_cluster import LocalCluster
@@ -168,10 +168,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _components(state: ClusterState | None) -> list[dict[str, Any]]:
+def _components(state: ClusterState | None, data_dir: Path) -> list[dict[str, Any]]:
+    """The processes `shardbank up` started, then the nodes `shardbank shard
+    add` started from another shell while it ran (recorded in
+    added_shards.json, not in the state file `up` wrote at start)."""
     if state is None:
         return []
-    return [
+    rows = [
         {
             "name": c.name,
             "kind": c.kind,
@@ -182,6 +185,20 @@ def _components(state: ClusterState | None) -> list[dict[str, Any]]:
         }
         for c in state.components
     ]
+    listed = {row["name"] for row in rows}
+    rows += [
+        {
+            "name": a.name,
+            "kind": added_shards.LEDGER_NODE,
+            "address": a.address,
+            "pid": a.pid,
+            "state": "running" if running(a.pid, a.argv) else "stopped",
+            "log": str(added_shards.log_path(data_dir, a.name)),
+        }
+        for a in added_shards.read(data_dir)
+        if a.name not in listed
+    ]
+    return rows
 
 
 def status_sources(args: argparse.Namespace) -> tuple[str, bytes]:
@@ -213,7 +230,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
     endpoint, secret = status_sources(args)
     report = cluster_status.collect(endpoint, secret, args.sample_s, min(args.deadline, STATUS_DEADLINE_S))
-    report["components"] = _components(read_state(Path(args.data_dir)))
+    report["components"] = _components(read_state(Path(args.data_dir)), Path(args.data_dir))
     if args.json:
         print(json.dumps(report, indent=2))
     else:

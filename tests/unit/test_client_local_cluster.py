@@ -7,11 +7,12 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from clients import cli, health
+from clients import added_shards, cli, health
 from clients.cluster_state import read_state, running
 from clients.local_cluster import ETCD_NOT_FOUND, RISK_CONFIG_DEFAULT, ClusterError, LocalCluster
 from shardbank import meta
@@ -183,3 +184,32 @@ def test_status_json_lists_components_from_the_state_file(
         [etcd] = data["components"]
         assert (etcd["name"], etcd["pid"], etcd["state"]) == ("etcd", cluster.pid("etcd"), "running")
     assert os.path.exists(tmp_path / "cluster.json")
+
+
+def test_status_lists_a_shard_added_from_another_shell(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`shard add` while `up` runs records the node in added_shards.json, not
+    in the state file: status still shows it, running or stopped by its PID."""
+    stand_in = subprocess.Popen(["sleep", "60"])  # a live process standing in for the added node
+    try:
+        with etcd_only(tmp_path):
+            added_shards.write(
+                tmp_path,
+                [
+                    added_shards.AddedShard("shard-3", "127.0.0.1:1", ("sleep", "60"), stand_in.pid),
+                    added_shards.AddedShard("shard-4", "127.0.0.1:2", ("sleep", "60"), None),
+                ],
+            )
+            assert cli.main(["status", "--json", "--data-dir", str(tmp_path), "--sample-s", "0"]) == 0
+            rows = {c["name"]: c for c in json.loads(capsys.readouterr().out)["components"]}
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+    assert set(rows) == {"etcd", "shard-3", "shard-4"}
+    three, four = rows["shard-3"], rows["shard-4"]
+    assert (three["kind"], three["address"], three["pid"], three["state"]) == (
+        "ledger_node", "127.0.0.1:1", stand_in.pid, "running"
+    )  # fmt: skip
+    assert (four["pid"], four["state"]) == (None, "stopped")
+    assert three["log"] == str(tmp_path / "logs" / "shard-3.log")
