@@ -8,6 +8,7 @@ batches (see `clients.coalesce`). Create it inside a running event loop.
 from __future__ import annotations
 
 import functools
+import uuid
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import TypeVar
@@ -85,10 +86,15 @@ class AsyncBankClient:
         id_type: str = "cn_resident_id",
         overdraft_limit: int = 0,
         country: str = "",
+        idempotency_key: str | None = None,
     ) -> types_pb2.Account:
+        """Retried like a transfer: every try carries one idempotency key (a
+        fresh one unless given), so a resend after a lost reply returns the
+        account the first try opened instead of opening a second one."""
         request = messages.open_account(
-            name, id_number, phone, currency, account_type, id_type, overdraft_limit, country
-        )
+            name, id_number, phone, currency, account_type, id_type, overdraft_limit, country,
+            idempotency_key or uuid.uuid4().hex,
+        )  # fmt: skip
 
         async def attempt(deadline_s: float) -> types_pb2.Account:
             response = await self._stub.OpenAccounts(
@@ -96,7 +102,7 @@ class AsyncBankClient:
             )
             return messages.account_result(response)
 
-        return await retry.call_async(retry.NO_RETRY, self.deadline_s, attempt)
+        return await retry.call_async(self.retry_policy, self.deadline_s, attempt)
 
     async def get_account(self, account_id: int) -> types_pb2.Account:
         request = bank_pb2.GetAccountRequest(account_id=account_id)

@@ -17,6 +17,7 @@ connection instead (`wait_for_ready`) and tries once.
 from __future__ import annotations
 
 import functools
+import uuid
 from collections.abc import Callable
 from types import TracebackType
 from typing import TypeVar
@@ -103,10 +104,15 @@ class BankClient:
         id_type: str = "cn_resident_id",
         overdraft_limit: int = 0,
         country: str = "",
+        idempotency_key: str | None = None,
     ) -> types_pb2.Account:
+        """Retried like a transfer: every try carries one idempotency key (a
+        fresh one unless given), so a resend after a lost reply returns the
+        account the first try opened instead of opening a second one."""
         request = messages.open_account(
-            name, id_number, phone, currency, account_type, id_type, overdraft_limit, country
-        )
+            name, id_number, phone, currency, account_type, id_type, overdraft_limit, country,
+            idempotency_key or uuid.uuid4().hex,
+        )  # fmt: skip
 
         def attempt(deadline_s: float) -> types_pb2.Account:
             response: ledger_pb2.AccountsResponse = self._stub.OpenAccounts(
@@ -114,7 +120,7 @@ class BankClient:
             )
             return messages.account_result(response)
 
-        return retry.call(retry.NO_RETRY, self.deadline_s, attempt)
+        return retry.call(self.retry_policy, self.deadline_s, attempt)
 
     def get_account(self, account_id: int) -> types_pb2.Account:
         request = bank_pb2.GetAccountRequest(account_id=account_id)

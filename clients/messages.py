@@ -49,6 +49,7 @@ def open_account(
     id_type: str,
     overdraft_limit: int,
     country: str = "",
+    idempotency_key: str = "",
 ) -> bank_pb2.OpenAccountsRequest:
     holder = types_pb2.Holder(
         name=name,
@@ -62,6 +63,7 @@ def open_account(
         type=_choice(ACCOUNT_TYPES, account_type, bank_errors.INVALID_ACCOUNT_TYPE, "account_type"),
         holder=holder,
         overdraft_limit=overdraft_limit,
+        idempotency_key=idempotency_key,
     )
     return bank_pb2.OpenAccountsRequest(accounts=[item])
 

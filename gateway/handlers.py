@@ -117,9 +117,14 @@ class BankHandlers:
         caller = self._caller()
         results, indices, clean = split_valid(request.accounts, validation.check_open, reject_account)
         guard.check_open(caller, clean)
-        for account in clean:
-            account.id = ids.new_account_id()
-        plan = plans.OpenPlan(self._cluster, self._actor("", caller))
+        scope, keyed = (caller.key_id if caller is not None else ""), set()
+        for index, account in zip(indices, clean, strict=True):
+            if key := request.accounts[index].idempotency_key:
+                account.id = ids.account_id_for_key(scope, key)
+                keyed.add(account.id)
+            else:
+                account.id = ids.new_account_id()
+        plan = plans.OpenPlan(self._cluster, self._actor("", caller), frozenset(keyed))
         routed = await dispatch.dispatch(clean, plan, self._cluster, budget)
         await self._audit(
             caller, guard.ACCOUNT_OPEN, [(str(r.account.id or ""), r.code, r.reason) for r in routed]

@@ -192,11 +192,15 @@ class OpenPlan:
     always our own earlier try whose reply was lost (a resend after
     UNAVAILABLE), so the account is read back: if it is the one asked for,
     that is the result, else a new id is drawn.
+
+    An id derived from an idempotency key (`keyed`) is never redrawn: taken
+    by another body, it is the caller's key reused, refused ALREADY_EXISTS.
     """
 
-    def __init__(self, cluster: Cluster, actor: str) -> None:
+    def __init__(self, cluster: Cluster, actor: str, keyed: frozenset[int] = frozenset()) -> None:
         self._cluster = cluster
         self._actor = actor
+        self._keyed = keyed
 
     def target(self, item: types_pb2.Account) -> Target:
         return routing.shard(self._cluster.owner(item.id))
@@ -218,11 +222,15 @@ class OpenPlan:
                 for i, existing in zip(taken, found.results, strict=False):
                     if existing.code == 0 and same_opening(items[i], existing.account):
                         results[i] = existing
+                    elif items[i].id in self._keyed:
+                        results[i].message = "this idempotency key opened another account"
         except grpc.RpcError as exc:
             raise downstream_error(exc, target) from None
         return [convert.public_account_result(result) for result in results]
 
     def classify(self, result: ledger_pb2.AccountResult) -> Disposition:
+        if result.reason == errors.ACCOUNT_EXISTS and result.account.id in self._keyed:
+            return Disposition.DONE
         return routing.classify_account(result)
 
     def renew(self, item: types_pb2.Account) -> types_pb2.Account:

@@ -14,6 +14,7 @@ so an INVALID_ARGUMENT never costs a transfer id.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sized
 
 import grpc
@@ -103,6 +104,9 @@ def check_submitted_transfer(transfer: types_pb2.Transfer) -> types_pb2.Transfer
     return check_transfer(transfer)
 
 
+_IDEMPOTENCY_KEY_RE = re.compile(rf"[A-Za-z0-9._:-]{{1,{limits.IDEMPOTENCY_KEY_LENGTH_MAX}}}")
+
+
 def check_open(item: bank_pb2.OpenAccountRequest) -> types_pb2.Account:
     """The account to create (id 0: routing picks it), or raises BankError."""
     money.currency(item.currency)
@@ -113,6 +117,11 @@ def check_open(item: bank_pb2.OpenAccountRequest) -> types_pb2.Account:
         raise errors.invalid(
             errors.INVALID_OVERDRAFT_LIMIT,
             f"overdraft_limit must be 0..{limits.OVERDRAFT_LIMIT_MAX_MINOR} minor units",
+        )
+    if item.idempotency_key and not _IDEMPOTENCY_KEY_RE.fullmatch(item.idempotency_key):
+        raise errors.invalid(
+            errors.INVALID_IDEMPOTENCY_KEY,
+            f"idempotency_key must be 1-{limits.IDEMPOTENCY_KEY_LENGTH_MAX} of A-Z a-z 0-9 . _ : -",
         )
     return types_pb2.Account(
         currency=item.currency, type=item.type, holder=holder, overdraft_limit=item.overdraft_limit

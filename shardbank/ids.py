@@ -10,6 +10,7 @@ Transfer ids are client-chosen UUIDs, stored in canonical lowercase form.
 from __future__ import annotations
 
 import functools
+import hashlib
 import re
 import secrets
 import uuid
@@ -43,7 +44,26 @@ def luhn_digit(payload: str) -> int:
 
 
 def new_account_id() -> int:
-    payload = str(CUSTOMER_ID_MIN // 10 + secrets.randbelow(9 * CUSTOMER_ID_MIN // 10))
+    return _account_id(secrets.randbelow(_ACCOUNT_PAYLOADS))
+
+
+def account_id_for_key(scope: str, idempotency_key: str) -> int:
+    """The account id an opening with this idempotency key gets: the same for
+    every retry, so the node's "same id, same body -> the first outcome"
+    makes the opening idempotent. `scope` (the caller's API key id) keeps two
+    callers' keys apart. A keyed hash, so ids stay spread over the slots."""
+    digest = hashlib.blake2b(
+        idempotency_key.encode(), key=scope.encode()[:64], person=b"sb-open-account", digest_size=16
+    ).digest()
+    return _account_id(int.from_bytes(digest, "big") % _ACCOUNT_PAYLOADS)
+
+
+# 15-digit payloads not starting with 0, then the Luhn digit: 16 digits.
+_ACCOUNT_PAYLOADS = 9 * CUSTOMER_ID_MIN // 10
+
+
+def _account_id(offset: int) -> int:
+    payload = str(CUSTOMER_ID_MIN // 10 + offset)
     return int(payload + str(luhn_digit(payload)))
 
 

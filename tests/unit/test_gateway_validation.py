@@ -265,3 +265,18 @@ def test_lookup_takes_system_accounts() -> None:
     validation.check_lookup_account_id(CASH)
     validation.check_lookup_account_id(ALICE)
     assert refused(lambda: validation.check_lookup_account_id(7)).reason == errors.INVALID_ACCOUNT_ID
+
+
+@pytest.mark.parametrize("key", ["a", "order-42:retry.1_x", "k" * limits.IDEMPOTENCY_KEY_LENGTH_MAX])
+def test_idempotency_key_accepted(key: str) -> None:
+    item = opening()
+    item.idempotency_key = key
+    validation.check_open(item)
+
+
+@pytest.mark.parametrize("key", ["has space", "é", "k" * (limits.IDEMPOTENCY_KEY_LENGTH_MAX + 1), "a\n", "/"])
+def test_idempotency_key_refused(key: str) -> None:
+    item = opening()
+    item.idempotency_key = key
+    error = refused(lambda: validation.check_open(item))
+    assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, errors.INVALID_IDEMPOTENCY_KEY)

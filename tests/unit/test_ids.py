@@ -49,6 +49,18 @@ def test_new_account_ids_are_valid_16_digit_numbers() -> None:
         assert ids.is_customer_account_id(account_id)
 
 
+def test_keyed_account_ids_are_stable_valid_and_scoped() -> None:
+    keyed = ids.account_id_for_key("key-a", "open-1")
+    assert keyed == ids.account_id_for_key("key-a", "open-1"), "a retry must get the same id"
+    assert len(str(keyed)) == 16 and ids.is_customer_account_id(keyed)
+    assert keyed != ids.account_id_for_key("key-b", "open-1"), "another caller's key is another account"
+    assert keyed != ids.account_id_for_key("key-a", "open-2")
+    spread = {ids.account_id_for_key("key-a", f"k{i}") for i in range(2000)}
+    assert len(spread) == 2000 and all(ids.is_customer_account_id(a) for a in spread)
+    # The ids spread over the slots like random ones (placement is by hash of the id).
+    assert len({str(a)[:2] for a in spread}) == 90
+
+
 def test_out_of_range_is_not_a_customer_id() -> None:
     assert not ids.is_customer_account_id(ids.CUSTOMER_ID_MIN - 1)
     assert not ids.is_customer_account_id(10**16 + 6)
