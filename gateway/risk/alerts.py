@@ -1,9 +1,17 @@
 """Alerts in etcd, shared by every gateway, under the fixed schema:
 `/shardbank/risk/alerts/<alert_id>`, alert_id = `<created ms, 13 digits>-<12 hex>`
-(sorts by time). This module only writes new alerts, in batches (one etcd
+(sorts by time). This module writes new alerts, in batches (one etcd
 transaction per hundred), each checked against the schema by
 `shardbank.alerts.check_alert`; the alert store (`shardbank/alerts.py`) and
 the risk officer's API (acknowledge, resolve, review) read and update them.
+
+Alerts are written ahead: before the transfers are routed (RiskGate), from
+what the gateway knows then, and settled after the outcome only where it
+differs (a review hold's deadline) or where the decision did not become the
+transfer's (a resend of a recorded id: the intent is removed). A gateway that
+dies mid-call therefore leaves an alert for every transfer it may have moved,
+never a flagged transfer without one. Settling compares the stored value with
+the intent, so it never overwrites what a risk officer did meanwhile.
 
 A failed write never fails a transfer (the decision is stored on the
 transfer record either way); it is logged `risk_alert_write_failed` with the
@@ -42,9 +50,14 @@ def new_alert_id(now_ms: int) -> str:
 
 
 def alert_record(
-    alert_id: str, now_ms: int, transfer: types_pb2.Transfer, assessment: Assessment
+    alert_id: str,
+    now_ms: int,
+    transfer: types_pb2.Transfer,
+    assessment: Assessment,
+    review_pending: bool = False,
 ) -> dict[str, Any]:
-    """The alert's JSON value (shared schema; see the module doc)."""
+    """The alert's JSON value (shared schema; see the module doc).
+    `review_pending`: the transfer waits for a risk officer (held for review)."""
     return {
         "alert_id": alert_id,
         "created_at_unix_ms": now_ms,
@@ -65,16 +78,20 @@ def alert_record(
         "status": "OPEN",
         "actor": "",
         "note": "",
-        # A transfer the review workflow holds (PENDING) waits for a decision.
-        "review_state": "PENDING"
-        if assessment.decision_name == "REVIEW" and transfer.status == types_pb2.TRANSFER_STATUS_PENDING
-        else "",
+        "review_state": "PENDING" if review_pending else "",
         "review_deadline_unix_ms": transfer.review_deadline_unix_ms,
     }
 
 
+# (the alert as written ahead, what it should be now: None = remove it)
+Settlement = tuple[dict[str, Any], dict[str, Any] | None]
+
+
 class AlertSink(Protocol):
     async def write(self, records: Sequence[dict[str, Any]]) -> None: ...
+
+    async def settle(self, settlements: Sequence[Settlement]) -> None:
+        """Each intent becomes its final value (or goes), only if unchanged since written."""
 
 
 class EtcdAlerts:
@@ -98,6 +115,37 @@ class EtcdAlerts:
                 transfer_ids=[r["transfer_id"] for r in records],
             )
 
+    async def settle(self, settlements: Sequence[Settlement]) -> None:
+        if not settlements:
+            return
+        try:
+            await asyncio.to_thread(self._settle, settlements)
+        except Exception as exc:
+            self._client = None
+            log.error(
+                "risk_alert_settle_failed",
+                error=type(exc).__name__,
+                alert_ids=[intent["alert_id"] for intent, _ in settlements],
+                transfer_ids=[intent["transfer_id"] for intent, _ in settlements],
+            )
+
+    def _settle(self, settlements: Sequence[Settlement]) -> None:
+        if self._client is None:
+            self._client = meta.connect(self._endpoint)
+        client = self._client
+        for intent, final in settlements:
+            key = shared_alerts.key_of(intent["alert_id"])
+            change = (
+                client.transactions.delete(key)
+                if final is None
+                else client.transactions.put(key, _encode(final))
+            )
+            done, _ = client.transaction(
+                compare=[client.transactions.value(key) == _encode(intent)], success=[change], failure=[]
+            )
+            if not done:  # a risk officer acted on it already, or the write-ahead failed
+                log.warning("risk_alert_changed_before_settled", alert_id=intent["alert_id"])
+
     def _put(self, records: Sequence[dict[str, Any]]) -> None:
         if self._client is None:
             self._client = meta.connect(self._endpoint)
@@ -107,10 +155,7 @@ class EtcdAlerts:
             client.transaction(
                 compare=[],
                 success=[
-                    client.transactions.put(
-                        shared_alerts.key_of(r["alert_id"]),
-                        json.dumps(shared_alerts.check_alert(r), separators=(",", ":")),
-                    )
+                    client.transactions.put(shared_alerts.key_of(r["alert_id"]), _encode(r))
                     for r in chunk
                 ],
                 failure=[],
@@ -120,6 +165,11 @@ class EtcdAlerts:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+def _encode(record: dict[str, Any]) -> str:
+    """The stored form; settling compares it byte for byte."""
+    return json.dumps(shared_alerts.check_alert(record), separators=(",", ":"))
 
 
 def read_alerts(etcd_endpoint: str) -> list[dict[str, Any]]:

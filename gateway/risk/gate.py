@@ -10,10 +10,13 @@ stored by the node with the record):
   without moving money (so a resend of the id gets the same refusal).
 - REVIEW: handed to the `ReviewSink` (see review.py).
 
-Then alerts are written for REVIEW/BLOCK and alert-only rules, for the
-transfers whose stored record carries this call's alert id (a resend of a
-recorded id returns the first record, so no second alert), and one log event
-per non-ALLOW decision.
+Alerts for REVIEW/BLOCK and alert-only rules are written *before* routing
+(see alerts.py: a gateway that dies mid-call leaves no flagged transfer
+without its alert), then settled: kept for the transfers whose stored record
+carries this call's alert id, removed where it does not (a resend of a
+recorded id returns the first record, whose alert exists), updated where the
+outcome adds to it (a review hold's deadline). One log event per non-ALLOW
+decision.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -162,8 +166,16 @@ class RiskGate:
             if assessment.needs_alert:
                 item.alert_id = alerts.new_alert_id(now_ms)
             item.transfer.risk.CopyFrom(assessment.to_proto(item.alert_id))
+        intents = {
+            item.alert_id: alerts.alert_record(
+                item.alert_id, now_ms, item.transfer, item.assessment, _review(item.assessment)
+            )
+            for item in checked
+            if item.alert_id and item.assessment is not None
+        }
+        await self._alerts.write(list(intents.values()))
         await self._route(checked, budget, send)
-        await self._raise_alerts(checked, now_ms)
+        await self._settle_alerts(checked, intents, now_ms)
         if self._freeze is not None:
             await self._freeze_severe(checked, self._freeze)
         return [i.outcome for i in items if i.outcome is not None]
@@ -201,8 +213,10 @@ class RiskGate:
             for item, outcome in zip(held, outcomes, strict=True):
                 item.outcome = outcome
 
-    async def _raise_alerts(self, checked: list[_Item], now_ms: int) -> None:
-        records = []
+    async def _settle_alerts(
+        self, checked: list[_Item], intents: dict[str, dict[str, Any]], now_ms: int
+    ) -> None:
+        settlements: list[alerts.Settlement] = []
         for item in checked:
             assessment, outcome = item.assessment, item.outcome
             if assessment is None or outcome is None:
@@ -219,9 +233,21 @@ class RiskGate:
                     credit_account_id=item.transfer.credit_account_id,
                     outcome=outcome.reason or "OK",
                 )
-            if item.alert_id and _stored_here(outcome, item.alert_id):
-                records.append(alerts.alert_record(item.alert_id, now_ms, outcome, assessment))
-        await self._alerts.write(records)
+            intent = intents.get(item.alert_id)
+            if intent is None:
+                continue
+            if not _stored_here(outcome, item.alert_id):
+                settlements.append((intent, None))
+                continue
+            pending = _review(assessment) and outcome.status == types_pb2.TRANSFER_STATUS_PENDING
+            final = alerts.alert_record(item.alert_id, now_ms, outcome, assessment, pending)
+            if final != intent:
+                settlements.append((intent, final))
+        await self._alerts.settle(settlements)
+
+
+def _review(assessment: Assessment | None) -> bool:
+    return assessment is not None and assessment.decision == engine.REVIEW
 
 
 def _stored_here(outcome: types_pb2.Transfer, alert_id: str) -> bool:

@@ -3,6 +3,7 @@ schema, filters, pagination, acknowledge/resolve and concurrent resolves."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -12,6 +13,7 @@ import grpc
 import pytest
 
 from clients.local_cluster import LocalCluster
+from gateway.risk.alerts import EtcdAlerts
 from shardbank import alerts, meta
 from shardbank.errors import BankError
 
@@ -213,3 +215,22 @@ def test_purge_deletes_only_old_resolved_alerts(etcd: etcd3.Etcd3Client) -> None
     assert refusal(lambda: alerts.get(etcd, old_resolved)).code == grpc.StatusCode.NOT_FOUND
     assert alerts.get(etcd, old_open)[0]["status"] == "OPEN"
     assert alerts.get(etcd, recent)[0]["status"] == "RESOLVED"
+
+
+def test_the_gateways_write_ahead_and_settle(etcd: etcd3.Etcd3Client, endpoint: str) -> None:
+    """EtcdAlerts (gateway.risk.alerts): intents written before routing are
+    settled by compare-and-set, so an officer's change made meanwhile wins."""
+    sink = EtcdAlerts(endpoint)
+    try:
+        updated, removed, touched = (alert(BASE_MS + i, actor="") for i in range(3))
+        asyncio.run(sink.write([updated, removed, touched]))
+        alerts.acknowledge(etcd, touched["alert_id"], "risk_officer:k1", "on it")
+        final = {**updated, "review_state": "PENDING", "review_deadline_unix_ms": BASE_MS + 60_000}
+        too_late = {**touched, "review_state": "PENDING"}
+        asyncio.run(sink.settle([(updated, final), (removed, None), (touched, too_late)]))
+        assert alerts.get(etcd, updated["alert_id"])[0] == final
+        assert refusal(lambda: alerts.get(etcd, removed["alert_id"])).code == grpc.StatusCode.NOT_FOUND
+        kept = alerts.get(etcd, touched["alert_id"])[0]
+        assert (kept["status"], kept["review_state"], kept["note"]) == ("ACKNOWLEDGED", "", "on it")
+    finally:
+        sink.close()

@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 import grpc
+import pytest
 
 from gateway.dispatch import Budget
 from gateway.risk import config, engine
@@ -47,11 +48,28 @@ class Holder:
 
 
 class Alerts:
+    """The etcd sink's contract in memory: write puts, settle compares first."""
+
     def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
+        self.stored: dict[str, dict[str, Any]] = {}
+        self.writes = 0
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        return list(self.stored.values())
 
     async def write(self, records: Any) -> None:
-        self.records.extend(records)
+        self.writes += bool(records)
+        self.stored.update({r["alert_id"]: dict(r) for r in records})
+
+    async def settle(self, settlements: Any) -> None:
+        for intent, final in settlements:
+            if self.stored.get(intent["alert_id"]) != intent:
+                continue
+            if final is None:
+                del self.stored[intent["alert_id"]]
+            else:
+                self.stored[intent["alert_id"]] = dict(final)
 
 
 def move(amount: int) -> types_pb2.Transfer:
@@ -241,3 +259,56 @@ def test_concurrent_requests_share_one_call_per_shard() -> None:
     first, second = asyncio.run(both())
     assert sorted(cluster.calls) == [("shard-1", [10, 12]), ("shard-2", [11])]
     assert set(first.found) == {(10, 11), (11, 0)} and set(second.found) == {(12, 0), (11, 0)}
+
+
+def test_alerts_are_written_before_the_transfers_are_routed() -> None:
+    """A gateway that dies after routing must not leave a flagged transfer
+    without its alert: when `send` runs, the alerts are already stored."""
+    alerts = Alerts()
+    gate = RiskGate(Holder(), activity(), alerts, RefuseReview(), clock_ms=lambda: NOW_MS)  # type: ignore[arg-type]
+    batch = [move(4_600), move(4_700), move(10), move(10)]
+    seen_at_routing: list[str] = []
+
+    async def dies_after_moving(items: list[types_pb2.Transfer]) -> list[types_pb2.Transfer]:
+        seen_at_routing.extend(r["transfer_id"] for r in alerts.records)
+        await node(items)
+        raise asyncio.CancelledError  # the process went away before answering
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(gate.run(batch, Budget(5.0), dies_after_moving))
+    assert set(seen_at_routing) == {batch[1].id, batch[3].id}  # structuring alert-only, velocity BLOCK
+    assert {r["transfer_id"] for r in alerts.records} == {batch[1].id, batch[3].id}
+
+
+class OfficerActsDuringTheHold:
+    """A review sink during whose hold a risk officer acknowledges every alert."""
+
+    def __init__(self, alerts: Alerts) -> None:
+        self._alerts = alerts
+
+    async def hold_for_review(
+        self, transfers: list[types_pb2.Transfer], assessments: Any, budget: Budget
+    ) -> list[types_pb2.Transfer]:
+        for record in self._alerts.stored.values():
+            record["status"] = "ACKNOWLEDGED"
+        return await RefuseReview().hold_for_review(transfers, assessments, budget)
+
+
+def test_settling_never_overwrites_what_an_officer_did_meanwhile() -> None:
+    alerts = Alerts()
+    officer = OfficerActsDuringTheHold(alerts)
+    gate = RiskGate(Holder(), activity(), alerts, officer, clock_ms=lambda: NOW_MS)  # type: ignore[arg-type]
+    # REVIEW, then refused: the intent's PENDING would be settled away, but the alert changed.
+    (outcome,) = asyncio.run(gate.run([move(20_000)], Budget(5.0), node))
+    assert outcome.reason == "RISK_REVIEW_UNAVAILABLE"
+    (record,) = alerts.records
+    assert (record["status"], record["review_state"]) == ("ACKNOWLEDGED", "PENDING")
+
+
+def test_a_review_refused_settles_the_intent_to_no_pending_review() -> None:
+    alerts = Alerts()
+    gate = RiskGate(Holder(), activity(), alerts, RefuseReview(), clock_ms=lambda: NOW_MS)  # type: ignore[arg-type]
+    (outcome,) = asyncio.run(gate.run([move(20_000)], Budget(5.0), node))
+    (record,) = alerts.records
+    assert outcome.reason == "RISK_REVIEW_UNAVAILABLE"
+    assert (record["decision"], record["review_state"], record["status"]) == ("REVIEW", "", "OPEN")
