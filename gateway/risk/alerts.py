@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import structlog
@@ -102,69 +102,62 @@ class EtcdAlerts:
         self._client: Any = None
 
     async def write(self, records: Sequence[dict[str, Any]]) -> None:
+        await self._in_thread("risk_alert_write_failed", records, lambda client: _put(client, records))
+
+    async def settle(self, settlements: Sequence[Settlement]) -> None:
+        intents = [intent for intent, _ in settlements]
+        await self._in_thread("risk_alert_settle_failed", intents, lambda c: _settle(c, settlements))
+
+    async def _in_thread(
+        self, failed_event: str, records: Sequence[dict[str, Any]], work: Callable[[Any], None]
+    ) -> None:
+        """Run `work` with a connected client off the event loop; a failure is
+        logged with the alert and transfer ids and never reaches the transfer."""
         if not records:
             return
+
+        def run() -> None:
+            if self._client is None:
+                self._client = meta.connect(self._endpoint)
+            work(self._client)
+
         try:
-            await asyncio.to_thread(self._put, records)
+            await asyncio.to_thread(run)
         except Exception as exc:
             self._client = None
             log.error(
-                "risk_alert_write_failed",
+                failed_event,
                 error=type(exc).__name__,
                 alert_ids=[r["alert_id"] for r in records],
                 transfer_ids=[r["transfer_id"] for r in records],
-            )
-
-    async def settle(self, settlements: Sequence[Settlement]) -> None:
-        if not settlements:
-            return
-        try:
-            await asyncio.to_thread(self._settle, settlements)
-        except Exception as exc:
-            self._client = None
-            log.error(
-                "risk_alert_settle_failed",
-                error=type(exc).__name__,
-                alert_ids=[intent["alert_id"] for intent, _ in settlements],
-                transfer_ids=[intent["transfer_id"] for intent, _ in settlements],
-            )
-
-    def _settle(self, settlements: Sequence[Settlement]) -> None:
-        if self._client is None:
-            self._client = meta.connect(self._endpoint)
-        client = self._client
-        for intent, final in settlements:
-            key = shared_alerts.key_of(intent["alert_id"])
-            change = (
-                client.transactions.delete(key)
-                if final is None
-                else client.transactions.put(key, _encode(final))
-            )
-            done, _ = client.transaction(
-                compare=[client.transactions.value(key) == _encode(intent)], success=[change], failure=[]
-            )
-            if not done:  # a risk officer acted on it already, or the write-ahead failed
-                log.warning("risk_alert_changed_before_settled", alert_id=intent["alert_id"])
-
-    def _put(self, records: Sequence[dict[str, Any]]) -> None:
-        if self._client is None:
-            self._client = meta.connect(self._endpoint)
-        client = self._client
-        for start in range(0, len(records), ALERTS_PER_TXN_MAX):
-            chunk = records[start : start + ALERTS_PER_TXN_MAX]
-            client.transaction(
-                compare=[],
-                success=[
-                    client.transactions.put(shared_alerts.key_of(r["alert_id"]), _encode(r))
-                    for r in chunk
-                ],
-                failure=[],
             )
 
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+def _put(client: Any, records: Sequence[dict[str, Any]]) -> None:
+    for start in range(0, len(records), ALERTS_PER_TXN_MAX):
+        chunk = records[start : start + ALERTS_PER_TXN_MAX]
+        client.transaction(
+            compare=[],
+            success=[client.transactions.put(shared_alerts.key_of(r["alert_id"]), _encode(r)) for r in chunk],
+            failure=[],
+        )
+
+
+def _settle(client: Any, settlements: Sequence[Settlement]) -> None:
+    for intent, final in settlements:
+        key = shared_alerts.key_of(intent["alert_id"])
+        ops = client.transactions
+        change = ops.delete(key) if final is None else ops.put(key, _encode(final))
+        done, _ = client.transaction(
+            compare=[client.transactions.value(key) == _encode(intent)], success=[change], failure=[]
+        )
+        if not done:  # a risk officer acted on it already, or the write-ahead failed
+            log.warning("risk_alert_changed_before_settled", alert_id=intent["alert_id"])
 
 
 def _encode(record: dict[str, Any]) -> str:
