@@ -48,13 +48,20 @@ class RiskActivity:
         index (for a ledger that does not feed `index.observe`)."""
         self._accounts = accounts
         self.index = activity.ActivityIndex(load, self._created_at, accounts_max)
-        # customer id -> its accounts on this shard; built on first use, then
-        # kept current by `opened` (accounts are never removed).
+        # customer id -> its accounts on this shard; built on first use, kept
+        # current by `opened`, rebuilt after a slot move (`slots_moved`).
         self._customers: dict[str, list[int]] | None = None
 
     def _created_at(self, account_id: int) -> int:
         account = self._accounts.get(account_id)
         return 0 if account is None else account.created_at_ms
+
+    def slots_moved(self) -> None:
+        """Accounts came in (import) or left (release) with their history: the
+        customer index and the cached windows are rebuilt on next use, so a
+        customer's total counts exactly the accounts this shard holds now."""
+        self._customers = None
+        self.index.clear()
 
     def opened(self, account: AccountState) -> None:
         if self._customers is not None and account.type != types_pb2.ACCOUNT_TYPE_SYSTEM:

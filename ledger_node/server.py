@@ -346,6 +346,7 @@ class LedgerNodeServicer(ledger_pb2_grpc.LedgerNodeServicer):
         _slot_set(request.slots)
         count = len(request.accounts) + len(request.records) + len(request.history)
         response: ledger_pb2.ImportSlotsResponse = await self._write(request, max(count, 1))
+        self._risk.slots_moved()
         log.info(
             "slots_imported",
             move_id=request.move_id,
@@ -401,6 +402,7 @@ class LedgerNodeServicer(ledger_pb2_grpc.LedgerNodeServicer):
         response = await self._writer.submit(plan)
         if not isinstance(response, ledger_pb2.ReleaseSlotsResponse):
             raise response if isinstance(response, BankError) else TypeError("release answered oddly")
+        self._risk.slots_moved()
         log.info(
             "slots_released",
             move_id=request.move_id,

@@ -249,6 +249,10 @@ class ActivityIndex:
     def __len__(self) -> int:
         return len(self._cache)
 
+    def clear(self) -> None:
+        """Forget every window (reloaded from the history index on next use)."""
+        self._cache.clear()
+
     def observe(self, account_id: int, at_ms: int, amount: int, counterparty: int) -> None:
         """A posting just applied. An account not in memory is skipped: its
         history index has the posting and is read on first use."""
