@@ -1,9 +1,12 @@
 """Concurrent single-transfer requests share one `SubmitTransfers` call.
 
-Why: a gRPC call over the loopback costs the gateway process hundreds of µs
-of CPU on each side (client and server), whatever it carries; with one
-transfer per HTTP request that was most of S4's ~1.5 ms of gateway CPU per
-transfer. Requests that arrive while earlier calls of theirs are still out
+Why: each `SubmitTransfers` call costs the gateway a fixed amount whatever
+it carries: the interceptor, the servicer's validation, dispatch and plan,
+its log line and metrics, and the downstream sends it starts. It was
+introduced when the edge called over loopback gRPC (hundreds of µs more per
+call on each side); with the in-process channel (`local`) it still pays:
+S4 without it cost the gateway ~510 µs of CPU per transfer, with it ~300
+(docs/performance.md). Requests that arrive while earlier calls of theirs are still out
 wait in a queue and leave together in the next call, so under load many
 requests pay for one call, and with no load a request leaves on the next
 turn of the event loop, alone, as before.
