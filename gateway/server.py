@@ -1,6 +1,9 @@
 """The gateway process: a grpc.aio server of `Bank` + health + reflection,
 registered in etcd under a lease. Every `Bank` call passes the
 authentication interceptor (`gateway.auth`); health and reflection do not.
+With `http_listen`, the HTTP/JSON edge serves in the same process and calls
+the same servicers through the same interceptor in process
+(`gateway.http.local.LocalChannel`), not over the gRPC port.
 
 `create_gateway()` builds everything and binds the port (port 0 picks a free
 one: tests use that); `Gateway.start()` serves, `Gateway.stop()` shuts down
@@ -15,7 +18,7 @@ import gc
 import os
 import signal
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import structlog
@@ -41,6 +44,9 @@ from gateway.risk.state import ShardActivity
 from gateway.upstream import Cluster
 from shardbank import limits, meta, metrics, service_auth
 from shardbank.v1 import bank_pb2, bank_pb2_grpc, risk_pb2, risk_pb2_grpc
+
+if TYPE_CHECKING:
+    from gateway.http.local import LocalChannel
 
 log = structlog.get_logger("gateway.server")
 
@@ -92,7 +98,9 @@ class Gateway:
         cluster: Cluster,
         auth: Auth,
         desk: ReviewDesk,
+        local: LocalChannel | None = None,
     ) -> None:
+        """`local`: the HTTP edge's in-process channel (None without HTTP)."""
         self.config = config
         self._auth = auth
         self.desk = desk
@@ -102,7 +110,9 @@ class Gateway:
         self._server = server
         self._cluster = cluster
         self._health = health_aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        self._local = local
+        for target in (server, local) if local is not None else (server,):
+            health_pb2_grpc.add_HealthServicer_to_server(self._health, target)
         self._registration: meta.Registration | None = None
         self._health_task: asyncio.Task[None] | None = None
         self._http: Any = None
@@ -122,11 +132,11 @@ class Gateway:
         if self.metrics_address:
             value["metrics_address"] = self.metrics_address
         key = meta.GATEWAYS + self.config.gateway_id
-        if self.config.http_listen:
+        if self._local is not None:
             from gateway.http import bound_port, create_app, start_http
 
             http_host, _, http_port = self.config.http_listen.rpartition(":")
-            self._http = await start_http(create_app(self.address), http_host or "127.0.0.1", int(http_port))
+            self._http = await start_http(create_app(self._local), http_host or "127.0.0.1", int(http_port))
             self.http_port = bound_port(self._http)
             value["http_address"] = f"{http_host or '127.0.0.1'}:{self.http_port}"
         self._registration = meta.Registration(self.config.etcd_endpoint, key, value).start()
@@ -183,11 +193,15 @@ async def create_gateway(config: GatewayConfig) -> Gateway:
     await cluster.start()
     auth = Auth(KeyCache(config.etcd_endpoint), AuditLog(config.etcd_endpoint))
     await auth.keys.start()
+    interceptor = AuthInterceptor(auth.keys)
     server = grpc.aio.server(
         options=SERVER_OPTIONS,
         maximum_concurrent_rpcs=limits.CONCURRENT_RPCS_MAX,
-        interceptors=[AuthInterceptor(auth.keys)],
+        interceptors=[interceptor],
     )
+    # The HTTP edge's channel: the same interceptor object (so one rate-limit
+    # bucket per key whichever way a caller comes) and the same servicers.
+    local = _local_channel(interceptor) if config.http_listen else None
     desk = ReviewDesk(cluster, AlertStore(config.etcd_endpoint), config.review, auth.audit)
     risk, alert_sink = None, None
     if config.risk_config:
@@ -199,8 +213,10 @@ async def create_gateway(config: GatewayConfig) -> Gateway:
         log.warning("risk_check_off", gateway_id=config.gateway_id)
     handlers = BankHandlers(cluster, config.gateway_id, auth, desk, config.review_test_rule, risk)
     servicer = AuthBankServicer(handlers, AdminHandlers(config.etcd_endpoint, auth))
-    bank_pb2_grpc.add_BankServicer_to_server(servicer, server)
-    risk_pb2_grpc.add_RiskServicer_to_server(RiskServicer(RiskHandlers(desk, auth)), server)
+    risk_servicer = RiskServicer(RiskHandlers(desk, auth))
+    for target in (server, local) if local is not None else (server,):
+        bank_pb2_grpc.add_BankServicer_to_server(servicer, target)
+        risk_pb2_grpc.add_RiskServicer_to_server(risk_servicer, target)
     health_service = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
     reflection.enable_server_reflection(
         (BANK_SERVICE, RISK_SERVICE, health_service, reflection.SERVICE_NAME), server
@@ -212,9 +228,16 @@ async def create_gateway(config: GatewayConfig) -> Gateway:
         raise OSError(f"cannot listen on {config.listen}")
     if config.review_test_rule is not None:
         log.warning("review_test_rule_on", amount_min=config.review_test_rule.amount_min)
-    gateway = Gateway(config, server, port, cluster, auth, desk)
+    gateway = Gateway(config, server, port, cluster, auth, desk, local)
     gateway.risk, gateway._alerts = risk, alert_sink
     return gateway
+
+
+def _local_channel(interceptor: AuthInterceptor) -> LocalChannel:
+    """Imported here: aiohttp and the edge load only when HTTP is on."""
+    from gateway.http.local import LocalChannel
+
+    return LocalChannel([interceptor])
 
 
 def tune_gc() -> None:

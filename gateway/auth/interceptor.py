@@ -1,6 +1,7 @@
 """The one gate in front of every `Bank` RPC (gRPC clients and the HTTP edge
-alike, since the edge calls this same gRPC API with the caller's
-`Authorization` forwarded as metadata).
+alike: the edge calls this same gRPC API with the caller's `Authorization`
+forwarded as metadata, through `gateway.http.local.LocalChannel`, which runs
+this interceptor in process).
 
 For a Bank method: authenticate the `authorization: Bearer sbk_...` metadata
 (missing -> UNAUTHENTICATED `UNAUTHENTICATED`; malformed, unknown or

@@ -1,11 +1,12 @@
 """Building and starting the HTTP/JSON edge.
 
-`create_app(bank_target)` is everything but the socket, so tests serve it
-with aiohttp's test server and the gateway process can mount it beside its
+`create_app(channel)` is everything but the socket, so tests serve it
+with aiohttp's test server and the gateway process mounts it beside its
 gRPC server; `start_http(app, host, port)` binds and returns the runner whose
 `cleanup()` stops it. The edge talks to the gateway only through the public
-gRPC `Bank` API on `bank_target` (in the gateway process: its own port), so
-HTTP can never do something gRPC clients cannot.
+gRPC `Bank` API, on `channel`: the gateway's `LocalChannel`, which runs the
+gRPC server's own interceptor and servicers in process (`gateway.http.local`),
+so HTTP can never do something gRPC clients cannot.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from gateway.http import docs, limits, meta, openapi, routes
 from gateway.http.calls import COALESCER_KEY, UPSTREAM_KEY, Upstream
 from gateway.http.coalesce import TransferCoalescer
 from gateway.http.errors import error_middleware
+from gateway.http.local import LocalChannel
 
 log = structlog.get_logger("gateway.http")
 
@@ -26,24 +28,23 @@ log = structlog.get_logger("gateway.http")
 SHUTDOWN_GRACE_S = 5.0
 
 
-def create_app(bank_target: str, *, call_deadline_s: float = limits.CALL_DEADLINE_S) -> web.Application:
-    """The aiohttp application; the gRPC channel opens when the app starts."""
+def create_app(channel: LocalChannel, *, call_deadline_s: float = limits.CALL_DEADLINE_S) -> web.Application:
+    """The aiohttp application; the coalescer starts with the app (it needs the loop)."""
     app = web.Application(middlewares=[error_middleware], client_max_size=limits.BODY_BYTES_MAX)
     routes.register(app)
     document = openapi.document()
     app[meta.OPENAPI_KEY] = document
     app[meta.DOCS_HTML_KEY] = docs.render(document)
 
-    async def channel(app: web.Application) -> AsyncIterator[None]:
-        upstream = Upstream.connect(bank_target, call_deadline_s)
+    async def calls(app: web.Application) -> AsyncIterator[None]:
+        upstream = Upstream.on(channel, call_deadline_s)
         app[UPSTREAM_KEY] = upstream
         coalescer = TransferCoalescer(upstream.bank, call_deadline_s)
         app[COALESCER_KEY] = coalescer
         yield
         await coalescer.close()
-        await upstream.channel.close()
 
-    app.cleanup_ctx.append(channel)
+    app.cleanup_ctx.append(calls)
     return app
 
 

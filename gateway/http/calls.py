@@ -1,9 +1,11 @@
-"""The one way the HTTP edge calls the gRPC `Bank` API.
+"""The one way the HTTP edge calls the gateway's `Bank`, `Risk` and health
+services: generated stubs on the in-process `LocalChannel` (`local`), so a
+call runs the gRPC server's own interceptor and servicer without the wire.
 
 Every call carries a deadline (no call may hang an HTTP request forever), the
 request id (`x-request-id`, so the gateway's logs and ours line up) and the
 caller's `Authorization` header unchanged (`authorization`): authentication
-is the gRPC side's job (an interceptor), the edge only passes credentials
+is the gRPC side's job (its interceptor), the edge only passes credentials
 through and maps UNAUTHENTICATED / PERMISSION_DENIED like any other status.
 """
 
@@ -19,6 +21,7 @@ from grpc_health.v1 import health_pb2_grpc
 from gateway.http import limits
 from gateway.http.coalesce import TransferCoalescer
 from gateway.http.errors import INVALID_HEADER, REQUEST_ID_KEY, rpc_failure
+from gateway.http.local import LocalChannel
 from shardbank import errors
 from shardbank.v1 import bank_pb2_grpc, risk_pb2_grpc
 
@@ -34,29 +37,27 @@ Resp = TypeVar("Resp")
 
 @dataclass(frozen=True)
 class Upstream:
-    """The channel to the gateway's gRPC port and the stubs on it."""
+    """The gateway's services as stubs on the in-process channel."""
 
-    channel: grpc.aio.Channel
     bank: BankAsyncStub
     risk: RiskAsyncStub
     health: HealthStub
     call_deadline_s: float
 
     @classmethod
-    def connect(cls, target: str, call_deadline_s: float = limits.CALL_DEADLINE_S) -> Upstream:
-        """Open the channel; call inside the running loop (grpc.aio binds to it)."""
-        channel = grpc.aio.insecure_channel(target)
+    def on(cls, channel: LocalChannel, call_deadline_s: float = limits.CALL_DEADLINE_S) -> Upstream:
+        # The generated stubs only call `channel.unary_unary(...)`, which LocalChannel has.
+        wire = cast(grpc.Channel, channel)
         return cls(
-            channel=channel,
-            bank=cast("BankAsyncStub", bank_pb2_grpc.BankStub(channel)),
-            risk=cast("RiskAsyncStub", risk_pb2_grpc.RiskStub(channel)),
-            health=health_pb2_grpc.HealthStub(channel),
+            bank=cast("BankAsyncStub", bank_pb2_grpc.BankStub(wire)),
+            risk=cast("RiskAsyncStub", risk_pb2_grpc.RiskStub(wire)),
+            health=health_pb2_grpc.HealthStub(wire),
             call_deadline_s=call_deadline_s,
         )
 
 
 UPSTREAM_KEY = web.AppKey("upstream", Upstream)
-# Single-transfer routes submit through this (`coalesce`), on the same channel.
+# Single-transfer routes submit through this (`coalesce`), on the same stubs.
 COALESCER_KEY = web.AppKey("coalescer", TransferCoalescer)
 
 

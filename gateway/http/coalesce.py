@@ -1,9 +1,12 @@
 """Concurrent single-transfer requests share one `SubmitTransfers` call.
 
-Why: a gRPC call over the loopback costs the gateway process hundreds of µs
-of CPU on each side (client and server), whatever it carries; with one
-transfer per HTTP request that was most of S4's ~1.5 ms of gateway CPU per
-transfer. Requests that arrive while earlier calls of theirs are still out
+Why: each `SubmitTransfers` call costs the gateway a fixed amount whatever
+it carries: the interceptor, the servicer's validation, dispatch and plan,
+its log line and metrics, and the downstream sends it starts. It was
+introduced when the edge called over loopback gRPC (hundreds of µs more per
+call on each side); with the in-process channel (`local`) it still pays:
+S4 without it cost the gateway ~510 µs of CPU per transfer, with it ~300
+(docs/performance.md). Requests that arrive while earlier calls of theirs are still out
 wait in a queue and leave together in the next call, so under load many
 requests pay for one call, and with no load a request leaves on the next
 turn of the event loop, alone, as before.
@@ -65,12 +68,16 @@ from shardbank.v1 import bank_pb2, bank_pb2_grpc, types_pb2
 
 log = structlog.get_logger("gateway.http")
 
-# Calls one lane keeps out at once: one being served while the next one
-# fills, so a slow call (a cross-shard 2PC) does not stall the lane. More
-# only splits the queue into smaller calls: on the shared 2-core box, S4 cost
-# the gateway ~290-400 us CPU per transfer at 1, ~430-470 at 2, ~420-580 at 4
-# (noisy; fewer, larger calls are also cheaper for the nodes downstream).
-CALLS_IN_FLIGHT_MAX = 2
+# Calls one lane keeps out at once, so a slow call (a cross-shard 2PC) does
+# not stall the lane. Each call costs the gateway a fixed amount, so more
+# calls means smaller groups; over loopback gRPC (hundreds of µs per call)
+# 2 was best. In process the call is cheaper and 4 wins: S4, five interleaved
+# pairs on the shared 2-core box, 2 vs 4: 653 vs 891 transfers/s (4 higher in
+# four pairs), p99 217 vs 152 ms, gateway ~330 µs CPU per transfer either
+# way, coordinator 260 vs 193 and nodes 564 vs 478 (fewer items wait behind
+# a slow one, so downstream batches fill better). 8 cost the gateway more
+# (381-433 µs) for no gain.
+CALLS_IN_FLIGHT_MAX = 4
 # Transfers per shared call: well under the gRPC batch limit
 # (shardbank.limits.BATCH_ITEMS_MAX) so one call's reply stays small and its
 # slowest item does not hold up too many requests.

@@ -1,5 +1,6 @@
 """Authentication, roles, ownership, masking, audit and rate limits against a
-real cluster, over HTTP (which goes through the same gRPC interceptor) and gRPC."""
+real cluster, over HTTP (which goes through the same gRPC interceptor, in
+process) and gRPC."""
 
 from __future__ import annotations
 
@@ -21,11 +22,14 @@ from clients.errors import ShardbankError
 from clients.local_cluster import LocalCluster
 from gateway.auth import audit, keys
 from shardbank import meta
+from shardbank.v1 import bank_pb2, bank_pb2_grpc
 from tests.factories import mobile, resident_id
 
 TIMEOUT_S = 20.0
 # Rounds of 200 requests the rate-limit test may send (the burst is 100 at 50/s).
 RATE_ROUNDS_MAX = 10
+# Sequential gRPC calls that must drain one key's bucket (burst 100, 50/s refill).
+RATE_GRPC_CALLS_MAX = 2000
 
 
 @dataclass(frozen=True)
@@ -258,6 +262,31 @@ def test_rate_limit_is_429_with_retry_after(cluster: LocalCluster) -> None:
     assert limited[0].body["reason"] == "RATE_LIMITED"
     assert int(limited[0].headers["Retry-After"]) >= 1
     assert {r.status for r in replies} <= {403, 429}
+
+
+def test_http_and_grpc_share_one_rate_limit_bucket_per_key(cluster: LocalCluster) -> None:
+    """The HTTP edge runs the gRPC server's own interceptor in process: a key
+    drained over gRPC is limited over HTTP at once (a bucket of its own would
+    let all 16 requests through: the burst is 100)."""
+    _, token = make_key(cluster, "operator")
+    metadata = (("authorization", f"Bearer {token}"),)
+    with grpc.insecure_channel(cluster.gateway_address) as channel:
+        stub = bank_pb2_grpc.BankStub(channel)
+        for _ in range(RATE_GRPC_CALLS_MAX):
+            try:
+                stub.ListApiKeys(bank_pb2.ListApiKeysRequest(), metadata=metadata, timeout=TIMEOUT_S)
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    break
+                assert exc.code() == grpc.StatusCode.PERMISSION_DENIED, exc
+        else:
+            pytest.fail(f"not rate limited after {RATE_GRPC_CALLS_MAX} gRPC calls")
+    with ThreadPoolExecutor(16) as pool:
+        replies = list(pool.map(lambda _: http(cluster, "GET", "/v1/keys", token), range(16)))
+    limited = [r for r in replies if r.status == 429]
+    assert limited, sorted(r.status for r in replies)
+    assert limited[0].body["reason"] == "RATE_LIMITED"
+    assert int(limited[0].headers["Retry-After"]) >= 1
 
 
 def test_teller_cash_movements_are_audited_service_ones_are_journalled(cluster: LocalCluster) -> None:

@@ -1,4 +1,5 @@
-"""The HTTP/JSON edge against a fake `Bank` on a real grpc.aio server (port 0).
+"""The HTTP/JSON edge against a fake `Bank` on the edge's in-process channel
+(`gateway.http.local.LocalChannel`, as in the gateway process).
 
 Route mapping and the JSON mapping both ways, Idempotency-Key rules, and the
 one error model: every gRPC status, per-item failures, aiohttp's own refusals
@@ -26,7 +27,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_status import rpc_status
 from multidict import CIMultiDict
 
-from gateway.http import create_app, limits
+from gateway.http import LocalChannel, create_app, limits
 from shardbank import errors
 from shardbank.v1 import bank_pb2, bank_pb2_grpc, ledger_pb2, types_pb2
 
@@ -210,34 +211,29 @@ class Http:
 
 @contextlib.asynccontextmanager
 async def _serving(
-    fake: FakeBank, health: int, call_deadline_s: float, target: str | None
+    fake: FakeBank, health: int | None, call_deadline_s: float
 ) -> AsyncIterator[TestClient[web.Request, web.Application]]:
-    server = grpc.aio.server()
-    bank_pb2_grpc.add_BankServicer_to_server(fake, server)
+    channel = LocalChannel()
+    bank_pb2_grpc.add_BankServicer_to_server(fake, channel)
     health_servicer = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    await health_servicer.set("shardbank.v1.Bank", health)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    app = create_app(target or f"127.0.0.1:{port}", call_deadline_s=call_deadline_s)
-    try:
-        async with TestClient(TestServer(app)) as client:
-            yield client
-    finally:
-        await server.stop(None)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, channel)
+    if health is not None:
+        await health_servicer.set("shardbank.v1.Bank", health)
+    app = create_app(channel, call_deadline_s=call_deadline_s)
+    async with TestClient(TestServer(app)) as client:
+        yield client
 
 
 @contextlib.contextmanager
 def serve(
     fake: FakeBank | None = None,
     *,
-    health: int = health_pb2.HealthCheckResponse.SERVING,
+    health: int | None = health_pb2.HealthCheckResponse.SERVING,
     call_deadline_s: float = 5.0,
-    target: str | None = None,
 ) -> Iterator[Http]:
     fake = fake or FakeBank()
     loop = asyncio.new_event_loop()
-    context = _serving(fake, health, call_deadline_s, target)
+    context = _serving(fake, health, call_deadline_s)
     try:
         client = loop.run_until_complete(context.__aenter__())
         try:

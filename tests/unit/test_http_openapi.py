@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from google.protobuf import json_format, message_factory
 
-from gateway.http import codec, create_app, limits, openapi
+from gateway.http import LocalChannel, codec, create_app, limits, openapi
 from gateway.http.routes import ROUTES, aiohttp_path
 from shardbank.v1 import bank_pb2, ledger_pb2, types_pb2
 
@@ -77,7 +77,7 @@ def test_every_route_is_documented_and_nothing_else(document: dict[str, Any]) ->
 
 
 def test_router_serves_exactly_the_table() -> None:
-    app = create_app("127.0.0.1:1")
+    app = create_app(LocalChannel())
     served = {
         (route.resource.canonical, route.method)
         for route in app.router.routes()
@@ -195,7 +195,7 @@ def test_limits_are_in_the_document(document: dict[str, Any]) -> None:
 
 
 async def _fetch(paths: list[str]) -> list[tuple[int, str, str]]:
-    app: web.Application = create_app("127.0.0.1:1")
+    app: web.Application = create_app(LocalChannel())
     async with TestClient(TestServer(app)) as client:
         results = []
         for path in paths:
