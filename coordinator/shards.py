@@ -4,6 +4,11 @@ Every call has a deadline, carries the term's epoch, and turns every failure
 into a `BankError` value (never an exception) so the protocol code can treat a
 dead shard as just another answer. A STALE_EPOCH refusal means a newer leader
 exists: the call steps this coordinator down before returning.
+
+The writes (Prepare, Decide, Finish, ApplyTransfers) go as messages on the
+coordinator's write stream to each node (`shardbank.node_stream`: a message
+costs both ends far less CPU than a unary call); their refusals read exactly
+as the unary statuses would. Reads stay unary calls.
 """
 
 from __future__ import annotations
@@ -17,11 +22,14 @@ import structlog
 
 from shardbank import errors
 from shardbank.directory import UnknownShard
+from shardbank.node_stream import NodeStream, WriteRequest
 from shardbank.v1 import ledger_pb2, ledger_pb2_grpc, types_pb2
 
 log = structlog.get_logger("shards")
 
 T = TypeVar("T")
+# One call to a shard: (shard id, timeout s) -> its answer; raises on failure.
+Send = Callable[[str, float], Awaitable[T]]
 
 
 class Leadership(Protocol):
@@ -42,6 +50,8 @@ class Router(Protocol):
     def owner(self, account_id: int) -> str: ...
 
     def stub(self, shard_id: str) -> ledger_pb2_grpc.LedgerNodeStub: ...
+
+    def stream(self, shard_id: str) -> NodeStream: ...
 
     def shard_ids(self) -> list[str]: ...
 
@@ -79,7 +89,7 @@ class Shards:
             "Prepare",
             len(items),
             self._deadlines.prepare_s,
-            lambda stub, t: stub.Prepare(request, timeout=t),
+            self._write_legs(request),
         )
 
     async def decide(
@@ -91,7 +101,7 @@ class Shards:
             "Decide",
             len(items),
             self._deadlines.decide_s,
-            lambda stub, t: stub.Decide(request, timeout=t),
+            self._write_legs(request),
         )
 
     async def finish(
@@ -103,7 +113,7 @@ class Shards:
             "Finish",
             len(items),
             self._deadlines.finish_s,
-            lambda stub, t: stub.Finish(request, timeout=t),
+            self._write_legs(request),
         )
 
     async def list_in_doubt(
@@ -115,7 +125,7 @@ class Shards:
             "ListInDoubt",
             None,
             self._deadlines.list_in_doubt_s,
-            lambda stub, t: stub.ListInDoubt(request, timeout=t),
+            self._unary(lambda stub, t: stub.ListInDoubt(request, timeout=t)),
         )
 
     async def apply(
@@ -124,10 +134,7 @@ class Shards:
         """Single-shard transfers (both accounts on one shard after all)."""
         request = ledger_pb2.ApplyTransfersRequest(transfers=transfers)
         return await self._transfers(
-            shard_id,
-            "ApplyTransfers",
-            len(transfers),
-            lambda stub, t: stub.ApplyTransfers(request, timeout=t),
+            shard_id, "ApplyTransfers", len(transfers), self._write_transfers(request)
         )
 
     async def get_transfers(
@@ -136,7 +143,10 @@ class Shards:
         """This shard's record (else credit leg) of each id; code NOT_FOUND when it has neither."""
         request = ledger_pb2.GetTransfersRequest(ids=transfer_ids)
         return await self._transfers(
-            shard_id, "GetTransfers", len(transfer_ids), lambda stub, t: stub.GetTransfers(request, timeout=t)
+            shard_id,
+            "GetTransfers",
+            len(transfer_ids),
+            self._unary(lambda stub, t: stub.GetTransfers(request, timeout=t)),
         )
 
     async def get_accounts(
@@ -148,7 +158,7 @@ class Shards:
             shard_id,
             "GetAccounts",
             self._deadlines.apply_s,
-            lambda stub, t: stub.GetAccounts(request, timeout=t),
+            self._unary(lambda stub, t: stub.GetAccounts(request, timeout=t)),
         )
         if isinstance(answer, errors.BankError):
             return answer
@@ -161,7 +171,7 @@ class Shards:
         shard_id: str,
         method: str,
         expected: int,
-        send: Callable[[ledger_pb2_grpc.LedgerNodeStub, float], Awaitable[ledger_pb2.TransfersResponse]],
+        send: Send[ledger_pb2.TransfersResponse],
     ) -> list[types_pb2.Transfer] | errors.BankError:
         answer = await self._call(shard_id, method, self._deadlines.apply_s, send)
         if isinstance(answer, errors.BankError):
@@ -176,7 +186,7 @@ class Shards:
         method: str,
         expected: int | None,
         deadline_s: float,
-        send: Callable[[ledger_pb2_grpc.LedgerNodeStub, float], Awaitable[ledger_pb2.LegsResponse]],
+        send: Send[ledger_pb2.LegsResponse],
     ) -> list[ledger_pb2.Leg] | errors.BankError:
         answer = await self._call(shard_id, method, deadline_s, send)
         if isinstance(answer, errors.BankError):
@@ -185,22 +195,35 @@ class Shards:
             return _malformed(shard_id, method, len(answer.legs), expected)
         return list(answer.legs)
 
+    def _unary(self, call: Callable[[ledger_pb2_grpc.LedgerNodeStub, float], Awaitable[T]]) -> Send[T]:
+        """A unary call on the shard's cached stub."""
+        return lambda shard_id, timeout_s: call(self.router.stub(shard_id), timeout_s)
+
+    def _write_legs(self, request: WriteRequest) -> Send[ledger_pb2.LegsResponse]:
+        async def send(shard_id: str, timeout_s: float) -> ledger_pb2.LegsResponse:
+            return (await self.router.stream(shard_id).send(request, timeout_s)).legs
+
+        return send
+
+    def _write_transfers(self, request: WriteRequest) -> Send[ledger_pb2.TransfersResponse]:
+        async def send(shard_id: str, timeout_s: float) -> ledger_pb2.TransfersResponse:
+            return (await self.router.stream(shard_id).send(request, timeout_s)).transfers
+
+        return send
+
     async def _call(
-        self,
-        shard_id: str,
-        method: str,
-        deadline_s: float,
-        send: Callable[[ledger_pb2_grpc.LedgerNodeStub, float], Awaitable[T]],
+        self, shard_id: str, method: str, deadline_s: float, send: Send[T]
     ) -> T | errors.BankError:
         try:
-            stub = self.router.stub(shard_id)
-            return await send(stub, deadline_s)
+            return await send(shard_id, deadline_s)
         except UnknownShard:
             return errors.BankError(
                 grpc.StatusCode.UNAVAILABLE, errors.SHARD_UNAVAILABLE, f"{shard_id} not registered"
             )
         except grpc.RpcError as rpc_error:
             error = errors.from_rpc_error(rpc_error)
+        except errors.BankError as refusal:  # a write stream's message
+            error = refusal
         if is_stale_epoch(error):
             self._leadership.step_down(f"{method} at {shard_id}: STALE_EPOCH")
         else:

@@ -14,6 +14,7 @@ import structlog
 from gateway.routing import Target
 from shardbank import errors, meta
 from shardbank.directory import CHANNEL_OPTIONS, ShardDirectory, UnknownShard
+from shardbank.node_stream import NodeStream
 from shardbank.slots import SlotMap
 from shardbank.v1 import coordinator_pb2_grpc, ledger_pb2_grpc
 
@@ -43,7 +44,13 @@ def unavailable(reason: str, message: str) -> errors.BankError:
 def downstream_error(exc: grpc.RpcError, target: Target) -> errors.BankError:
     """A failed downstream call as a BankError; UNAVAILABLE means 'resend may help'."""
     error = errors.from_rpc_error(exc)
-    hint = error.metadata.get(LEADER_ADDRESS_KEY) or _trailing(exc, LEADER_ADDRESS_KEY)
+    return downstream_refusal(
+        error, target, error.metadata.get(LEADER_ADDRESS_KEY) or _trailing(exc, LEADER_ADDRESS_KEY)
+    )
+
+
+def downstream_refusal(error: errors.BankError, target: Target, hint: str = "") -> errors.BankError:
+    """`downstream_error` for a refusal already read (a stream message's error)."""
     lost_reason = errors.NOT_LEADER if target.is_coordinator else errors.SHARD_UNAVAILABLE
     if error.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         reason = error.reason if error.reason in (errors.NOT_LEADER, errors.OVERLOADED) else lost_reason
@@ -167,6 +174,13 @@ class Cluster:
     def node(self, shard_id: str) -> ledger_pb2_grpc.LedgerNodeStub:
         try:
             return self.directory.stub(shard_id)
+        except UnknownShard:
+            raise unavailable(errors.SHARD_UNAVAILABLE, f"{shard_id} is not registered") from None
+
+    def node_stream(self, shard_id: str) -> NodeStream:
+        """The shard's write stream (`shardbank.node_stream`)."""
+        try:
+            return self.directory.stream(shard_id)
         except UnknownShard:
             raise unavailable(errors.SHARD_UNAVAILABLE, f"{shard_id} is not registered") from None
 

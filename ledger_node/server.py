@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import functools
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias, TypeVar
 
 import grpc
@@ -25,7 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from ledger_node import journal, keys, slot_export
+from ledger_node import journal, keys, slot_export, write_stream
 from ledger_node.risk_activity import RiskActivity, history_events
 from ledger_node.state import InvariantViolation, Ledger
 from ledger_node.store import Store
@@ -94,36 +95,23 @@ class Ownership:
 
 def _guard(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
     """One place that turns failures into statuses (see module doc), and
-    that times every RPC (the histogram child is bound once, here)."""
+    that times every RPC (the histogram child is bound once, here). The
+    undecorated handler stays reachable as `.unguarded` (the write stream
+    runs it per message)."""
     duration = metrics.RPC_DURATION.labels(metrics.LEDGER_NODE, handler.__name__)
 
     async def guarded(self: LedgerNodeServicer, request: Req, context: Context) -> Resp:
         began = time.perf_counter()
         try:
             return await handler(self, request, context)
-        except BankError as error:
-            failure = error
-        except InvariantViolation as exc:
-            await self.on_fatal(exc)
-            failure = BankError(grpc.StatusCode.UNAVAILABLE, errors.SHARD_UNAVAILABLE, "the node failed")
         except Exception as exc:
-            request_id = uuid.uuid4().hex
-            log.error(
-                "rpc_failed",
-                rpc=handler.__name__,
-                request_id=request_id,
-                error=type(exc).__name__,
-                exc_info=exc,
-            )
-            failure = BankError(
-                grpc.StatusCode.INTERNAL, errors.INTERNAL, f"internal error, request id {request_id}"
-            )
+            failure = await self.failure(handler.__name__, exc)
         finally:
             duration.observe(time.perf_counter() - began)
-        metrics.RPC_FAILURES.labels(metrics.LEDGER_NODE, handler.__name__, failure.code.name).inc()
         await errors.abort(context, failure)
 
     guarded.__name__ = handler.__name__
+    guarded.unguarded = handler  # type: ignore[attr-defined]
     return guarded
 
 
@@ -189,10 +177,61 @@ class LedgerNodeServicer(ledger_pb2_grpc.LedgerNodeServicer):
         self._writer = writer
         self._ownership = ownership
         self.on_fatal = on_fatal
+        # Set on stop: write streams stop reading and end once answered (a
+        # long-lived stream would otherwise hold a graceful stop for its whole grace).
+        self.streams_ending = asyncio.Event()
         # Without the node's own index (tests): read from disk every time.
         self._risk = risk or RiskActivity(
             ledger.accounts, lambda account_id: history_events(store, account_id), accounts_max=0
         )
+
+    async def failure(self, rpc: str, exc: Exception) -> BankError:
+        """What a failed request answers (see module doc); counted per `rpc`."""
+        if isinstance(exc, BankError):
+            failure = exc
+        elif isinstance(exc, InvariantViolation):
+            await self.on_fatal(exc)
+            failure = BankError(grpc.StatusCode.UNAVAILABLE, errors.SHARD_UNAVAILABLE, "the node failed")
+        else:
+            request_id = uuid.uuid4().hex
+            log.error("rpc_failed", rpc=rpc, request_id=request_id, error=type(exc).__name__, exc_info=exc)
+            failure = BankError(
+                grpc.StatusCode.INTERNAL, errors.INTERNAL, f"internal error, request id {request_id}"
+            )
+        metrics.RPC_FAILURES.labels(metrics.LEDGER_NODE, rpc, failure.code.name).inc()
+        return failure
+
+    async def WriteStream(
+        self, requests: AsyncIterator[ledger_pb2.WriteMessage], context: Context
+    ) -> AsyncIterator[ledger_pb2.WriteReply]:
+        """Writes as messages on one stream (`ledger_node.write_stream`)."""
+        log.info("write_stream_opened", peer=context.peer())
+        try:
+            answer = functools.partial(self._answer, context=context)
+            async for reply in write_stream.serve(requests, answer, self.streams_ending):
+                yield reply
+        finally:
+            log.info("write_stream_closed", peer=context.peer())
+
+    async def _answer(self, message: ledger_pb2.WriteMessage, context: Context) -> ledger_pb2.WriteReply:
+        """One stream message through the unary handler of its kind (same
+        checks, same writer, same logs and metrics); a failure is its reply."""
+        kind = message.WhichOneof("body") or ""
+        stream_handler = STREAM_HANDLERS.get(kind)
+        if stream_handler is None:
+            failure = errors.invalid(errors.INVALID_ARGUMENT, "a write message needs a body")
+            return _error_reply(message.id, failure)
+        rpc, handler, duration = stream_handler
+        began = time.perf_counter()
+        try:
+            response = await handler(self, getattr(message, kind), context)
+        except Exception as exc:
+            return _error_reply(message.id, await self.failure(rpc, exc))
+        finally:
+            duration.observe(time.perf_counter() - began)
+        if isinstance(response, ledger_pb2.TransfersResponse):
+            return ledger_pb2.WriteReply(id=message.id, transfers=response)
+        return ledger_pb2.WriteReply(id=message.id, legs=response)
 
     async def _write(self, request: Any, count: int) -> Any:
         _check_batch(count)
@@ -488,6 +527,26 @@ class LedgerNodeServicer(ledger_pb2_grpc.LedgerNodeServicer):
         )
 
 
+def _error_reply(message_id: int, failure: BankError) -> ledger_pb2.WriteReply:
+    error = ledger_pb2.WriteError(code=failure.code_value, reason=failure.reason, message=failure.message)
+    return ledger_pb2.WriteReply(id=message_id, error=error)
+
+
+def _stream_handler(rpc: str) -> tuple[str, Handler[Any, Any], Any]:
+    """(name, undecorated handler, duration histogram child) of a unary write RPC."""
+    handler = getattr(LedgerNodeServicer, rpc).unguarded
+    return rpc, handler, metrics.RPC_DURATION.labels(metrics.LEDGER_NODE, rpc)
+
+
+# WriteMessage body -> the unary RPC whose handler answers it.
+STREAM_HANDLERS = {
+    "apply_transfers": _stream_handler("ApplyTransfers"),
+    "prepare": _stream_handler("Prepare"),
+    "decide": _stream_handler("Decide"),
+    "finish": _stream_handler("Finish"),
+}
+
+
 class NodeServer:
     """A ledger node assembled but not yet serving: `start()`, then `stop()`."""
 
@@ -585,6 +644,7 @@ class NodeServer:
         await self.health.enter_graceful_shutdown()
         if self._registration is not None:
             self._registration.stop()
+        self.servicer.streams_ending.set()
         await self.server.stop(grace_s)
         self.writer.stop()
         if self._writer_task is not None:

@@ -12,6 +12,9 @@ one shard, fresh ids, every item commits), each reported as transfers/s:
    `--concurrency` calls in flight. Requests are built before the clock starts
    so the client's protobuf work stays off the measured path as far as it can
    (the client still shares the machine with the node).
+4. `stream`: the same node and requests, each a message on one long-lived
+   `WriteStream` (what the gateway and coordinator send), `--concurrency`
+   messages in flight.
 
 Every layer checks that every item came back COMMITTED: a fast wrong answer is
 not a result. `--profile state` prints a cProfile of layer 1 instead.
@@ -46,6 +49,7 @@ from ledger_node.store import Store
 from ledger_node.testing import NOW_MS, account, deposit, move
 from ledger_node.writer import Writer
 from shardbank import limits, service_auth
+from shardbank.node_stream import NodeStream
 from shardbank.v1 import ledger_pb2, ledger_pb2_grpc, types_pb2
 
 SHARD_ID = "shard-1"
@@ -228,8 +232,14 @@ async def _wait_ready(stub: ledger_pb2_grpc.LedgerNodeStub, node: subprocess.Pop
 
 
 async def _run_grpc(
-    data_dir: str, setup: list[object], work: list[ledger_pb2.ApplyTransfersRequest], concurrency: int
+    data_dir: str,
+    setup: list[object],
+    work: list[ledger_pb2.ApplyTransfersRequest],
+    concurrency: int,
+    streamed: bool = False,
 ) -> tuple[float, float]:
+    """Layer 3, or with `streamed` layer 4: the same requests as messages on
+    one `WriteStream` (`shardbank.node_stream`), `concurrency` in flight."""
     address = f"127.0.0.1:{_free_port()}"
     command = [
         sys.executable,
@@ -260,15 +270,21 @@ async def _run_grpc(
                 else:
                     _check_committed(await stub.ApplyTransfers(request, timeout=CALL_TIMEOUT_S))
             queue = list(reversed(work))
+            stream = NodeStream(stub.WriteStream, SHARD_ID)
 
             async def worker() -> None:
                 while queue:
-                    response = await stub.ApplyTransfers(queue.pop(), timeout=CALL_TIMEOUT_S)
-                    _check_committed(response)
+                    if streamed:
+                        reply = await stream.send(queue.pop(), CALL_TIMEOUT_S)
+                        _check_committed(reply.transfers)
+                    else:
+                        _check_committed(await stub.ApplyTransfers(queue.pop(), timeout=CALL_TIMEOUT_S))
 
             started, node_cpu_started = time.perf_counter(), _cpu_seconds(node.pid)
             await asyncio.gather(*(worker() for _ in range(concurrency)))
-            return time.perf_counter() - started, _cpu_seconds(node.pid) - node_cpu_started
+            measured = time.perf_counter() - started, _cpu_seconds(node.pid) - node_cpu_started
+            await stream.close()
+            return measured
     finally:
         node.terminate()
         try:
@@ -292,7 +308,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--concurrency", type=int, default=CONCURRENCY_DEFAULT, help="requests in flight (layers 2, 3)"
     )
     parser.add_argument(
-        "--layers", default="state,store,grpc", help="comma-separated subset of state,store,grpc"
+        "--layers",
+        default="state,store,grpc,stream",
+        help="comma-separated subset of state,store,grpc,stream",
     )
     parser.add_argument(
         "--profile", action="store_true", help="cProfile the state layer (slower; not a result)"
@@ -345,6 +363,13 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             shutil.rmtree(path, ignore_errors=True)
         report("grpc", elapsed, cpu, "  + node process, ApplyTransfers over 127.0.0.1 (CPU: node only)")
+    if "stream" in layers:
+        path = tempfile.mkdtemp(prefix="ledger-micro-stream-")
+        try:
+            elapsed, cpu = asyncio.run(_run_grpc(path, setup_objects, work, args.concurrency, streamed=True))
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+        report("stream", elapsed, cpu, "  + node process, WriteStream messages (CPU: node only)")
     if not args.no_save and not args.profile:
         RESULTS_DIR.mkdir(exist_ok=True)
         out = RESULTS_DIR / f"ledger-micro-{time.strftime('%Y%m%d-%H%M%S')}.txt"

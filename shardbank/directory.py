@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import structlog
 
 from shardbank import limits, meta
+from shardbank.node_stream import NodeStream
 from shardbank.slots import SlotMap
 from shardbank.v1 import ledger_pb2_grpc
 
@@ -36,6 +38,22 @@ class UnknownShard(Exception):
     """The slot map names a shard that has no live registration."""
 
 
+@dataclass(eq=False)
+class _Node:
+    """What is kept per shard while its registered address stays the same: a
+    stub builds a callable per method and a stream is costly to open, so
+    neither is built per call."""
+
+    address: str
+    channel: grpc.aio.Channel
+    stub: ledger_pb2_grpc.LedgerNodeStub
+    stream: NodeStream
+
+    async def close(self) -> None:
+        await self.stream.close()
+        await self.channel.close()
+
+
 class ShardDirectory:
     def __init__(self, etcd_endpoint: str, interceptors: Sequence[grpc.aio.ClientInterceptor] = ()) -> None:
         """`interceptors` go on every channel to a node (service tokens:
@@ -45,9 +63,7 @@ class ShardDirectory:
         self._slot_maps = meta.SlotMapWatcher(etcd_endpoint)
         self._lock = threading.Lock()
         self._registry: dict[str, dict[str, Any]] = {}
-        # shard -> (address, channel, stub): a stub builds a callable per
-        # method, so it is kept with its channel rather than built per call.
-        self._channels: dict[str, tuple[str, grpc.aio.Channel, ledger_pb2_grpc.LedgerNodeStub]] = {}
+        self._nodes: dict[str, _Node] = {}
         self._closing: set[asyncio.Future[None]] = set()
         self._etcd: Any = None
         self._stop = threading.Event()
@@ -62,9 +78,9 @@ class ShardDirectory:
     async def close(self) -> None:
         self._stop.set()
         self._slot_maps.stop()
-        for _, channel, _ in list(self._channels.values()):
-            await channel.close()
-        self._channels.clear()
+        for node in list(self._nodes.values()):
+            await node.close()
+        self._nodes.clear()
 
     @property
     def slot_map(self) -> SlotMap:
@@ -90,22 +106,33 @@ class ShardDirectory:
         return None if entry is None else str(entry["address"])
 
     def stub(self, shard_id: str) -> ledger_pb2_grpc.LedgerNodeStub:
-        """The stub on the shard's cached channel, kept while its registered
-        address stays the same; raises UnknownShard if not registered."""
+        """The stub on the shard's cached channel; raises UnknownShard if not registered."""
+        return self._node(shard_id).stub
+
+    def stream(self, shard_id: str) -> NodeStream:
+        """The shard's write stream (`shardbank.node_stream`), on the same
+        channel as `stub`; raises UnknownShard if not registered."""
+        return self._node(shard_id).stream
+
+    def _node(self, shard_id: str) -> _Node:
+        """The shard's channel, stub and stream, kept while its registered
+        address stays the same (a new address closes the old ones)."""
         address = self.address(shard_id)
         if address is None:
             raise UnknownShard(shard_id)
-        cached = self._channels.get(shard_id)
-        if cached is None or cached[0] != address:
+        cached = self._nodes.get(shard_id)
+        if cached is None or cached.address != address:
             if cached is not None:
-                closing = asyncio.ensure_future(cached[1].close())
+                closing = asyncio.ensure_future(cached.close())
                 self._closing.add(closing)
                 closing.add_done_callback(self._closing.discard)
             channel = grpc.aio.insecure_channel(
                 address, options=CHANNEL_OPTIONS, interceptors=self._interceptors
             )
-            cached = self._channels[shard_id] = (address, channel, ledger_pb2_grpc.LedgerNodeStub(channel))
-        return cached[2]
+            stub = ledger_pb2_grpc.LedgerNodeStub(channel)
+            stream = NodeStream(stub.WriteStream, shard_id)
+            cached = self._nodes[shard_id] = _Node(address, channel, stub, stream)
+        return cached
 
     async def refresh(self) -> None:
         await asyncio.to_thread(self._slot_maps.refresh)

@@ -87,6 +87,12 @@ BATCH_ITEMS = Histogram(
     ["component", "rpc"],
     buckets=ITEMS_BUCKETS,
 )
+NODE_STREAM_OPENS = Counter(
+    "shardbank_node_stream_opens_total",
+    "WriteStreams this process opened to a ledger node (one per node while healthy; "
+    "each further open follows a broken stream).",
+    ["node"],
+)
 
 # ---- gateway ----------------------------------------------------------------------
 

@@ -19,13 +19,16 @@ from typing import Any
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2, status_pb2
 
 from coordinator import twopc as twopc_module
 from coordinator.recovery import Recovery
 from coordinator.shards import Deadlines, Shards
 from coordinator.twopc import TwoPhaseCommit
+from ledger_node import write_stream
 from shardbank import errors
 from shardbank.directory import UnknownShard
+from shardbank.node_stream import NodeStream
 from shardbank.v1 import ledger_pb2, ledger_pb2_grpc, types_pb2
 
 S = ledger_pb2
@@ -60,6 +63,28 @@ class Rec:
     prepared_at_unix_ms: int = 0
 
 
+class Aborted(Exception):
+    """A fake handler's abort, caught per stream message."""
+
+    def __init__(self, error: S.WriteError) -> None:
+        super().__init__(error.reason)
+        self.error = error
+
+
+class MessageContext:
+    """What a fake handler answering one stream message aborts through: the
+    abort becomes that message's error reply, as the real node's does."""
+
+    async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
+        raise Aborted(S.WriteError(code=code.value[0], reason=code.name, message=details))
+
+    async def abort_with_status(self, status: grpc.Status) -> None:
+        rich = status_pb2.Status.FromString(dict(status.trailing_metadata)["grpc-status-details-bin"])
+        info = error_details_pb2.ErrorInfo()
+        rich.details[0].Unpack(info)
+        raise Aborted(S.WriteError(code=rich.code, reason=info.reason, message=rich.message))
+
+
 @dataclass
 class FakeNode(ledger_pb2_grpc.LedgerNodeServicer):
     shard_id: str
@@ -90,6 +115,29 @@ class FakeNode(ledger_pb2_grpc.LedgerNodeServicer):
                     context, errors.BankError(grpc.StatusCode.ABORTED, errors.STALE_EPOCH, "stale")
                 )
             self.max_epoch = epoch
+
+    async def WriteStream(
+        self, requests: AsyncIterator[S.WriteMessage], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[S.WriteReply]:
+        """Each message through the fake's unary handler of its kind."""
+        async for reply in write_stream.serve(requests, self._answer, asyncio.Event()):
+            yield reply
+
+    async def _answer(self, message: S.WriteMessage) -> S.WriteReply:
+        kind = message.WhichOneof("body")
+        handler = {
+            "apply_transfers": self.ApplyTransfers,
+            "prepare": self.Prepare,
+            "decide": self.Decide,
+            "finish": self.Finish,
+        }[kind or ""]
+        try:
+            response = await handler(getattr(message, kind or ""), MessageContext())  # type: ignore[operator]
+        except Aborted as aborted:
+            return S.WriteReply(id=message.id, error=aborted.error)
+        if isinstance(response, S.TransfersResponse):
+            return S.WriteReply(id=message.id, transfers=response)
+        return S.WriteReply(id=message.id, legs=response)
 
     def _leg(self, rec: Rec, role: Any, code: int = OK, reason: str = "") -> S.Leg:
         transfer = T.Transfer()
@@ -288,6 +336,7 @@ class FakeRouter:
         self.owners = owners
         self.next_owners: dict[int, str] | None = None
         self.stubs = stubs
+        self.streams: dict[str, NodeStream] = {}
         self.refreshes = 0
 
     def owner(self, account_id: int) -> str:
@@ -297,6 +346,11 @@ class FakeRouter:
 
     def stub(self, shard_id: str) -> ledger_pb2_grpc.LedgerNodeStub:
         return self.stubs[shard_id]
+
+    def stream(self, shard_id: str) -> NodeStream:
+        if shard_id not in self.streams:
+            self.streams[shard_id] = NodeStream(self.stubs[shard_id].WriteStream, shard_id)
+        return self.streams[shard_id]
 
     def shard_ids(self) -> list[str]:
         return sorted(self.stubs)
@@ -354,6 +408,8 @@ async def make_cluster() -> AsyncIterator[Cluster]:
     finally:
         engine.close()
         loop_task.cancel()
+        for stream in router.streams.values():
+            await stream.close()
         for channel in channels:
             await channel.close()
         for server in servers:
