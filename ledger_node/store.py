@@ -10,13 +10,13 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from rocksdict import AccessType, BlockBasedOptions, Options, Rdict, ReadOptions, WriteBatch, WriteOptions
 
 from ledger_node import journal, keys, slot_data
-from ledger_node.state import AccountState, InvariantViolation, Write, check_account_invariants, invariant
+from ledger_node.state import AccountState, InvariantViolation, Writes, check_account_invariants, invariant
 from shardbank.v1 import ledger_pb2, types_pb2
 
 # Writes of one group commit: bounded by the writer's drain size; a batch far
@@ -121,7 +121,7 @@ class Store:
             raise InvariantViolation(f"non-bytes value under {key!r}")
         return value
 
-    def write(self, writes: Sequence[Write]) -> None:
+    def write(self, writes: Writes) -> None:
         """All writes of one drain, atomically, WAL synced."""
         invariant(len(writes) <= WRITES_PER_BATCH_MAX, f"{len(writes)} writes in one batch")
         if not writes:
