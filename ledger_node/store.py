@@ -7,8 +7,6 @@ big-endian integers, or `hash || entry` for the journal.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,12 +27,6 @@ WRITES_PER_BATCH_MAX = 1_000_000
 BLOOM_BITS_PER_KEY = 10
 # Share of the memtable spent on its own whole-key bloom filter.
 MEMTABLE_BLOOM_RATIO = 0.1
-# Accounts from which a load moves everything it made into the collector's
-# permanent generation (gc.freeze): the accounts live as long as the node, and
-# every later full collection would walk them all (~0.4 s at 1M, a pause of
-# the event loop), the first one right after start-up. Below this a walk costs
-# a few ms, and test processes that load many small shards keep a plain heap.
-FREEZE_ACCOUNTS_MIN = 10_000
 
 
 def _options() -> Options:
@@ -45,24 +37,6 @@ def _options() -> Options:
     options.set_memtable_prefix_bloom_ratio(MEMTABLE_BLOOM_RATIO)
     options.set_memtable_whole_key_filtering(True)
     return options
-
-
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """No cyclic garbage collection inside the block.
-
-    Loading keeps every object it makes (two tracked ones an account: the
-    AccountState and its status-history list), so the collections that the
-    allocations trigger find nothing, yet each older-generation one walks
-    every account loaded so far: a third of the load of 200k accounts. Reference
-    counting still frees the parsed messages; the collector resumes after."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 @dataclass
@@ -196,21 +170,20 @@ class Store:
         and `check_account_invariants` holds. The loop is the start-up time of
         a big shard (1M accounts), so it keeps Python-level steps per account
         few (bound methods hoisted, no message text built for a check that
-        passes) and runs with the cyclic garbage collector paused (see
-        `_collector_paused` and FREEZE_ACCOUNTS_MIN)."""
+        passes). It leaves the garbage collector alone: the node process
+        pauses it around its start-up and freezes what the load made
+        (`ledger_node.__main__.start_up_collector`); a library call such as
+        `verify`'s or a test's must not change process-wide GC state."""
         accounts: dict[int, AccountState] = {}
         parse = types_pb2.Account.FromString
         from_proto = AccountState.from_proto
         account_key = keys.account_key
-        with _collector_paused():
-            for key, value in self.scan(keys.ACCOUNT):
-                account = from_proto(parse(value))
-                if account_key(account.id) != key:
-                    raise InvariantViolation(f"account record under wrong key {key.hex()}")
-                check_account_invariants(account)
-                accounts[account.id] = account
-            if len(accounts) >= FREEZE_ACCOUNTS_MIN:
-                gc.freeze()
+        for key, value in self.scan(keys.ACCOUNT):
+            account = from_proto(parse(value))
+            if account_key(account.id) != key:
+                raise InvariantViolation(f"account record under wrong key {key.hex()}")
+            check_account_invariants(account)
+            accounts[account.id] = account
         return accounts
 
     def _previous_hash(self, seq: int) -> bytes:
