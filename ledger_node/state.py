@@ -144,7 +144,7 @@ class Body(NamedTuple):
         )
 
     def message(self, cross_shard: bool) -> types_pb2.Transfer:
-        """The body as a Transfer message (the 2PC paths keep legs as messages)."""
+        """The body as a Transfer message (a presumed-abort tombstone, a refusal)."""
         return types_pb2.Transfer(
             id=self.id,
             kind=self.kind,  # type: ignore[arg-type]
@@ -852,10 +852,6 @@ class Ledger:
         return ledger_pb2.AccountResult(account=account.to_proto())
 
     # ------------------------------------------------------------------ transfers
-
-    def _transfer_form(self, given: types_pb2.Transfer, cross_shard: bool) -> types_pb2.Transfer:
-        """The normalized body of a well-formed transfer as a message, or INVALID_ARGUMENT."""
-        return self._body(given, cross_shard).message(cross_shard)
 
     def _body(self, given: types_pb2.Transfer, cross_shard: bool) -> Body:
         """The normalized body of a well-formed transfer, or INVALID_ARGUMENT.
