@@ -19,11 +19,18 @@ import struct
 
 from shardbank.v1 import types_pb2
 
-_U64_MASK = (1 << 64) - 1
+_U64 = 1 << 64
 _SMALL = [bytes([n]) for n in range(0x80)]
 _FOURTEEN_BITS = 1 << 14
+_LOW14 = _FOURTEEN_BITS - 1
 # Two varint bytes of a 14-bit group, both with the continuation bit set.
 _CONTINUED_PAIR = [bytes(((n & 0x7F) | 0x80, (n >> 7) | 0x80)) for n in range(_FOURTEEN_BITS)]
+# The last one or two bytes of a varint: the final group(s) of 0..2**14-1.
+_LAST14 = [*_SMALL, *(bytes(((n & 0x7F) | 0x80, n >> 7)) for n in range(0x80, _FOURTEEN_BITS))]
+# A negative amount -a with 0 < a <= 2**42 is 2**64 - a: its low 42 bits are
+# 2**42 - a (three 14-bit groups) and bits 42..63 are all ones.
+_NEGATIVE_BITS = 42
+_NEGATIVE_TAIL = b"\xff\xff\xff\x01"
 _FIXED64 = struct.Struct("<Q")
 
 # Tags: (field_number << 3) | wire_type; 0 varint, 1 fixed64, 2 length-delimited.
@@ -33,24 +40,47 @@ _I64 = 1
 
 
 def _tag(field_number: int, wire_type: int) -> bytes:
-    return bytes([(field_number << 3) | wire_type])
+    """A field's key; two bytes from field number 16 on."""
+    return varint((field_number << 3) | wire_type)
 
 
 def varint(value: int) -> bytes:
     """Base-128 varint; a negative int64 as its 64-bit two's complement (10 bytes).
 
-    Fourteen bits per step through a table: a millisecond timestamp takes
-    three steps instead of six byte-by-byte ones."""
-    if 0 <= value < 0x80:
-        return _SMALL[value]
-    value &= _U64_MASK
-    out = b""
-    while value >= _FOURTEEN_BITS:
-        out += _CONTINUED_PAIR[value & (_FOURTEEN_BITS - 1)]
-        value >>= 14
-    if value < 0x80:
-        return out + _SMALL[value]
-    return out + bytes(((value & 0x7F) | 0x80, value >> 7))
+    Fourteen bits per table lookup and no loop: a millisecond timestamp is
+    three lookups, and a negative amount (every debit posting and history
+    entry) three lookups and a constant tail instead of arithmetic on a
+    65-bit integer."""
+    if value >= 0:
+        if value < 0x80:
+            return _SMALL[value]
+        if value < _FOURTEEN_BITS:
+            return _LAST14[value]
+    elif value >= -(1 << _NEGATIVE_BITS):
+        low = (1 << _NEGATIVE_BITS) + value
+        return b"".join(
+            (
+                _CONTINUED_PAIR[low & _LOW14],
+                _CONTINUED_PAIR[(low >> 14) & _LOW14],
+                _CONTINUED_PAIR[low >> 28],
+                _NEGATIVE_TAIL,
+            )
+        )
+    else:
+        value += _U64
+    if value < 1 << 28:
+        return _CONTINUED_PAIR[value & _LOW14] + _LAST14[value >> 14]
+    if value < 1 << 42:
+        return b"".join(
+            (_CONTINUED_PAIR[value & _LOW14], _CONTINUED_PAIR[(value >> 14) & _LOW14], _LAST14[value >> 28])
+        )
+    parts = [_CONTINUED_PAIR[value & _LOW14], _CONTINUED_PAIR[(value >> 14) & _LOW14]]
+    parts.append(_CONTINUED_PAIR[(value >> 28) & _LOW14])
+    if value < 1 << 56:
+        parts.append(_LAST14[value >> 42])
+    else:
+        parts += (_CONTINUED_PAIR[(value >> 42) & _LOW14], _LAST14[value >> 56])
+    return b"".join(parts)
 
 
 _last_timestamp: tuple[int, bytes] = (0, b"")
@@ -89,6 +119,17 @@ def leg(transfer_bytes: bytes, role: int, state: int, epoch: int = 0, prepared_a
     if prepared_at_unix_ms:
         out += _LEG_PREPARED_AT + varint(prepared_at_unix_ms)
     return out
+
+
+_LEG_CODE = _tag(5, _VARINT)
+_LEG_REASON = _tag(6, _LEN)
+
+
+def leg_outcome(code: int, reason: str) -> bytes:
+    """Fields 5-6 of a Leg (an answer's code and reason, never stored), to
+    append to a stored leg's bytes: a parser takes fields in any order."""
+    out = _LEG_CODE + varint(code) if code else b""
+    return out + _text_field(_LEG_REASON, reason) if reason else out
 
 
 # Posting (types.proto): account_id 1 (fixed64), balance 2, held 3, pending_credit 4.
@@ -199,6 +240,47 @@ def account_head(account_id: int, currency: str, account_type: int, holder_bytes
     return out + _field_bytes(_ACCOUNT_HOLDER, holder_bytes)
 
 
+def account_parts(
+    head: bytes, status: int, overdraft_limit: int, created_at_unix_ms: int
+) -> tuple[bytes, bytes, bytes]:
+    """The pieces of a stored account that change rarely, encoded once:
+    (fields 1-5 (`head` and the status), field 8 (the overdraft limit),
+    field 11 (the creation time)). Only the money fields and the update time
+    are encoded per write (`account_from_parts`)."""
+    return (
+        head + _ACCOUNT_STATUS + varint(status) if status else head,
+        _ACCOUNT_OVERDRAFT + varint(overdraft_limit) if overdraft_limit else b"",
+        _ACCOUNT_CREATED + varint(created_at_unix_ms) if created_at_unix_ms else b"",
+    )
+
+
+def account_from_parts(
+    before_balance: bytes,
+    overdraft: bytes,
+    created: bytes,
+    balance: int,
+    held: int,
+    pending_credit: int,
+    updated_at_unix_ms: int,
+    status_history: list[bytes],
+) -> bytes:
+    """A stored account record (no `available`), from its `account_parts`."""
+    out = [before_balance]
+    if balance:
+        out += (_ACCOUNT_BALANCE, varint(balance))
+    if held:
+        out += (_ACCOUNT_HELD, varint(held))
+    out.append(overdraft)
+    if pending_credit:
+        out += (_ACCOUNT_PENDING, varint(pending_credit))
+    out.append(created)
+    if updated_at_unix_ms:
+        out += (_ACCOUNT_UPDATED, timestamp(updated_at_unix_ms))
+    for change in status_history:
+        out += (_ACCOUNT_STATUS_CHANGE, varint(len(change)), change)
+    return b"".join(out)
+
+
 def account(
     head: bytes,
     status: int,
@@ -211,24 +293,10 @@ def account(
     status_history: list[bytes],
 ) -> bytes:
     """A stored account record (no `available`) after its `account_head`."""
-    parts = [head]
-    if status:
-        parts += (_ACCOUNT_STATUS, varint(status))
-    if balance:
-        parts += (_ACCOUNT_BALANCE, varint(balance))
-    if held:
-        parts += (_ACCOUNT_HELD, varint(held))
-    if overdraft_limit:
-        parts += (_ACCOUNT_OVERDRAFT, varint(overdraft_limit))
-    if pending_credit:
-        parts += (_ACCOUNT_PENDING, varint(pending_credit))
-    if created_at_unix_ms:
-        parts += (_ACCOUNT_CREATED, varint(created_at_unix_ms))
-    if updated_at_unix_ms:
-        parts += (_ACCOUNT_UPDATED, timestamp(updated_at_unix_ms))
-    for change in status_history:
-        parts += (_ACCOUNT_STATUS_CHANGE, varint(len(change)), change)
-    return b"".join(parts)
+    before_balance, overdraft, created = account_parts(head, status, overdraft_limit, created_at_unix_ms)
+    return account_from_parts(
+        before_balance, overdraft, created, balance, held, pending_credit, updated_at_unix_ms, status_history
+    )
 
 
 def posted_transfer(
@@ -281,3 +349,118 @@ def posted_transfer(
 
 def _balance_after(balance: int) -> bytes:
     return _HISTORY_AFTER + varint(balance) if balance else b""
+
+
+# Transfer (types.proto): id 1, kind 2, debit_account_id 3 (fixed64),
+# credit_account_id 4 (fixed64), amount 5, currency 6, memo 7, reference 8,
+# status 9, code 10, reason 11, message 12, created 13, updated 14,
+# cross_shard 15, risk 16, review_deadline 17.
+_TRANSFER_ID = _tag(1, _LEN)
+_TRANSFER_KIND = _tag(2, _VARINT)
+_TRANSFER_DEBIT = _tag(3, _I64)
+_TRANSFER_CREDIT = _tag(4, _I64)
+_TRANSFER_ACCOUNTS = struct.Struct("<BQBQ")  # both account fields in one pack
+_TRANSFER_AMOUNT = _tag(5, _VARINT)
+_TRANSFER_CURRENCY = _tag(6, _LEN)
+_TRANSFER_MEMO = _tag(7, _LEN)
+_TRANSFER_REFERENCE = _tag(8, _LEN)
+_TRANSFER_STATUS = _tag(9, _VARINT)
+_TRANSFER_CODE = _tag(10, _VARINT)
+_TRANSFER_REASON = _tag(11, _LEN)
+_TRANSFER_MESSAGE = _tag(12, _LEN)
+_TRANSFER_CREATED = _tag(13, _VARINT)
+_TRANSFER_UPDATED = _tag(14, _VARINT)
+_TRANSFER_CROSS_SHARD = _tag(15, _VARINT) + b"\x01"
+_TRANSFER_RISK = _tag(16, _LEN)
+_TRANSFER_REVIEW_DEADLINE = _tag(17, _VARINT)
+# The currency field per code: a transfer reaching the builder has a known
+# currency, so this stays as small as the currency table.
+_currency_fields: dict[str, bytes] = {}
+
+
+def _text_field(tag: bytes, text: str) -> bytes:
+    data = text.encode()
+    return tag + varint(len(data)) + data
+
+
+def transfer(
+    transfer_id: str,
+    kind: int,
+    debit_account_id: int,
+    credit_account_id: int,
+    amount: int,
+    currency: str,
+    memo: str,
+    reference: str,
+    status: int,
+    code: int,
+    reason: str,
+    message: str,
+    at_unix_ms: int,
+    cross_shard: bool = False,
+    risk_bytes: bytes | None = None,
+    review_deadline_unix_ms: int = 0,
+) -> bytes:
+    """A Transfer whose created and updated times are both `at_unix_ms`
+    (0: neither), e.g. a body as a node first records or refuses it."""
+    encoded_id = transfer_id.encode()
+    parts = [_TRANSFER_ID, varint(len(encoded_id)), encoded_id] if encoded_id else []
+    if kind:
+        parts += (_TRANSFER_KIND, varint(kind))
+    if debit_account_id and credit_account_id:
+        parts.append(
+            _TRANSFER_ACCOUNTS.pack(
+                _TRANSFER_DEBIT[0], debit_account_id, _TRANSFER_CREDIT[0], credit_account_id
+            )
+        )
+    elif debit_account_id:
+        parts += (_TRANSFER_DEBIT, _FIXED64.pack(debit_account_id))
+    elif credit_account_id:
+        parts += (_TRANSFER_CREDIT, _FIXED64.pack(credit_account_id))
+    if amount:
+        parts += (_TRANSFER_AMOUNT, varint(amount))
+    if currency:
+        field = _currency_fields.get(currency)
+        if field is None:
+            field = _text_field(_TRANSFER_CURRENCY, currency)
+            if len(_currency_fields) < _CURRENCY_FIELDS_MAX:
+                _currency_fields[currency] = field
+        parts.append(field)
+    if memo:
+        parts.append(_text_field(_TRANSFER_MEMO, memo))
+    if reference:
+        parts.append(_text_field(_TRANSFER_REFERENCE, reference))
+    if status:
+        parts += (_TRANSFER_STATUS, varint(status))
+    if code:
+        parts += (_TRANSFER_CODE, varint(code))
+    if reason:
+        parts.append(_text_field(_TRANSFER_REASON, reason))
+    if message:
+        parts.append(_text_field(_TRANSFER_MESSAGE, message))
+    if at_unix_ms:
+        at = timestamp(at_unix_ms)
+        parts += (_TRANSFER_CREATED, at, _TRANSFER_UPDATED, at)
+    if cross_shard:
+        parts.append(_TRANSFER_CROSS_SHARD)
+    if risk_bytes is not None:
+        parts += (_TRANSFER_RISK, varint(len(risk_bytes)), risk_bytes)
+    if review_deadline_unix_ms:
+        parts += (_TRANSFER_REVIEW_DEADLINE, varint(review_deadline_unix_ms))
+    return b"".join(parts)
+
+
+# Bound on the currency cache above (there are far fewer currencies).
+_CURRENCY_FIELDS_MAX = 1024
+# Field 1 of TransfersResponse and LegsResponse: the repeated answers.
+_ANSWERS = _tag(1, _LEN)
+
+
+def answers(items: list[bytes]) -> bytes:
+    """A response whose field 1 repeats `items` (TransfersResponse.transfers,
+    LegsResponse.legs): parsing it builds every answer in C, where building
+    the response from messages copied each one in Python."""
+    parts: list[bytes] = []
+    for item in items:
+        parts += (_ANSWERS, varint(len(item)), item)
+    return b"".join(parts)

@@ -17,8 +17,9 @@ crashes on it rather than write a wrong ledger.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import grpc
 
@@ -34,6 +35,9 @@ Owns = Callable[[int], bool]
 Observer = Callable[[int, int, int, int], None]
 # (key, value); value None deletes the key.
 Write = tuple[bytes, bytes | None]
+# The writes of one drain, each key once (a view of the drain's own dict:
+# no list of ~6 pairs per transfer is built only to be iterated once).
+Writes = Collection[Write]
 Request = (
     ledger_pb2.CreateAccountsRequest
     | ledger_pb2.UpdateContactsRequest
@@ -88,6 +92,74 @@ _TRANSFER_STATUS_OF_STATE = {
 }
 
 
+class Body(NamedTuple):
+    """A well-formed transfer body, normalized (`Ledger._body`): the cash
+    account filled in on the cash side of a deposit or withdrawal. Named like
+    the Transfer fields, so the refusal checks read either. A single-shard
+    transfer is checked and recorded from this, never built as a message."""
+
+    id: str
+    kind: int
+    debit_account_id: int
+    credit_account_id: int
+    amount: int
+    currency: str
+    memo: str
+    reference: str
+    # Kept with the record, never compared on a resend (client_body): the
+    # gateway may decide differently later.
+    risk: types_pb2.RiskAssessment | None
+    review_deadline_unix_ms: int
+
+    def encoded(
+        self,
+        status: int,
+        at_unix_ms: int,
+        cross_shard: bool = False,
+        code: int = 0,
+        reason: str = "",
+        message: str = "",
+    ) -> bytes:
+        """The serialized Transfer with this body, a status, an outcome and
+        created = updated = `at_unix_ms` (0: neither): `records.transfer`, the
+        bytes the message would serialize to."""
+        risk = self.risk
+        return records.transfer(
+            self.id,
+            self.kind,
+            self.debit_account_id,
+            self.credit_account_id,
+            self.amount,
+            self.currency,
+            self.memo,
+            self.reference,
+            status,
+            code,
+            reason,
+            message,
+            at_unix_ms,
+            cross_shard,
+            None if risk is None else risk.SerializeToString(),
+            self.review_deadline_unix_ms,
+        )
+
+    def message(self, cross_shard: bool) -> types_pb2.Transfer:
+        """The body as a Transfer message (a presumed-abort tombstone, a refusal)."""
+        return types_pb2.Transfer(
+            id=self.id,
+            kind=self.kind,  # type: ignore[arg-type]
+            debit_account_id=self.debit_account_id,
+            credit_account_id=self.credit_account_id,
+            amount=self.amount,
+            currency=self.currency,
+            memo=self.memo,
+            reference=self.reference,
+            cross_shard=cross_shard,
+            risk=self.risk,
+            review_deadline_unix_ms=self.review_deadline_unix_ms,
+        )
+
+
 class InvariantViolation(Exception):
     """A rule that no input can break was broken: a bug or corrupted state.
 
@@ -127,9 +199,11 @@ class AccountState:
     held: int = 0
     pending_credit: int = 0
     status_history: list[types_pb2.StatusChange] = field(default_factory=list)
-    # (holder_bytes it was built from, records.account_head): the unchanging
-    # start of the stored record, rebuilt only when the holder changes.
-    head_cache: tuple[bytes, bytes] | None = None
+    # What the rarely changing parts of the stored record were built from
+    # (holder bytes, status, overdraft limit, creation time), then those parts
+    # (`records.account_parts`); rebuilt only when one of the four changes.
+    # One flat tuple: a node keeps one per account it has written to.
+    record_cache: tuple[bytes, int, int, int, bytes, bytes, bytes] | None = None
 
     @property
     def available(self) -> int:
@@ -159,21 +233,31 @@ class AccountState:
 
     def record_bytes(self) -> bytes:
         """The stored record: the bytes of `to_proto(with_available=False)`
-        serialized deterministically, without building the message."""
-        cache = self.head_cache
-        if cache is None or cache[0] is not self.holder_bytes:
+        serialized deterministically, without building the message (a
+        StatusChange has no map field, so its plain serialization is the
+        deterministic one)."""
+        cache = self.record_cache
+        if (
+            cache is None
+            or cache[0] is not self.holder_bytes
+            or cache[1] != self.status
+            or cache[2] != self.overdraft_limit
+            or cache[3] != self.created_at_ms
+        ):
             head = records.account_head(self.id, self.currency, self.type, self.holder_bytes)
-            self.head_cache = cache = (self.holder_bytes, head)
-        return records.account(
-            cache[1],
-            self.status,
+            parts = records.account_parts(head, self.status, self.overdraft_limit, self.created_at_ms)
+            cache = (self.holder_bytes, self.status, self.overdraft_limit, self.created_at_ms, *parts)
+            self.record_cache = cache
+        history = self.status_history
+        return records.account_from_parts(
+            cache[4],
+            cache[5],
+            cache[6],
             self.balance,
             self.held,
-            self.overdraft_limit,
             self.pending_credit,
-            self.created_at_ms,
             self.updated_at_ms,
-            [change.SerializeToString(deterministic=True) for change in self.status_history],
+            [change.SerializeToString() for change in history] if history else [],
         )
 
     @staticmethod
@@ -241,7 +325,7 @@ def _name_broken_account_invariant(account: AccountState) -> None:
         )
 
 
-def client_body(transfer: types_pb2.Transfer) -> tuple[int, int, int, int, str, str, str]:
+def client_body(transfer: types_pb2.Transfer | Body) -> tuple[int, int, int, int, str, str, str]:
     """What two submissions of one id must agree on (internals: body equality).
     The cash side of a deposit/withdrawal counts as the 0 the client gave."""
     debit = 0 if transfer.kind == DEPOSIT else transfer.debit_account_id
@@ -257,7 +341,7 @@ def client_body(transfer: types_pb2.Transfer) -> tuple[int, int, int, int, str, 
     )
 
 
-def _same_body(stored: types_pb2.Transfer, given: types_pb2.Transfer) -> bool:
+def _same_body(stored: types_pb2.Transfer, given: types_pb2.Transfer | Body) -> bool:
     # A presumed-abort tombstone written without a body matches any body: the
     # late Prepare then sees ABORTED, which is the point of the tombstone.
     if stored.kind == types_pb2.TRANSFER_KIND_UNSPECIFIED:
@@ -281,31 +365,36 @@ def _rejected(given: types_pb2.Transfer, error: BankError) -> types_pb2.Transfer
     return out
 
 
-def _leg_out(record: ledger_pb2.Leg, error: BankError | None = None, done: bool = False) -> ledger_pb2.Leg:
-    """The answer for one item. `done`: the leg is in the state the caller
-    asked for (code 0). Otherwise an ABORTED leg answers with why it aborted,
-    which is what a Prepare caller needs to abort the other leg.
-
-    Fills in `record` itself: every record handed here is a message of this
-    drain whose bytes are already in the writes (or were read from them)."""
-    out = record
+def _leg_answer(
+    stored: bytes, record: ledger_pb2.Leg, error: BankError | None = None, done: bool = False
+) -> bytes:
+    """The answer for one item about a stored leg: its stored bytes (`record`
+    parsed from them) and the item's outcome. `done`: the leg is in the state
+    the caller asked for (code 0). Otherwise an ABORTED leg answers with why
+    it aborted, which is what a Prepare caller needs to abort the other leg.
+    A stored leg carries no outcome, so appended fields are the only ones."""
     if error is not None:
-        out.code, out.reason = error.code_value, error.reason
-    elif record.state == ABORTED and not done:
-        out.code, out.reason = record.transfer.code, record.transfer.reason
-    return out
+        return stored + records.leg_outcome(error.code_value, error.reason)
+    if record.state == ABORTED and not done:
+        return stored + records.leg_outcome(record.transfer.code, record.transfer.reason)
+    return stored
 
 
-def _leg_refused(given: types_pb2.Transfer, role: int, error: BankError) -> ledger_pb2.Leg:
-    transfer = types_pb2.Transfer()
-    transfer.CopyFrom(given)
+def _leg_refused(given: types_pb2.Transfer, role: int, error: BankError) -> bytes:
+    """The answer for an item refused before any leg was read or stored."""
     return ledger_pb2.Leg(
-        transfer=transfer,
+        transfer=given,
         role=role,  # type: ignore[arg-type]
         state=UNKNOWN,
         code=error.code_value,
         reason=error.reason,
-    )
+    ).SerializeToString()
+
+
+def _body_refused(body: Body, role: int, error: BankError) -> bytes:
+    """`_leg_refused` of a checked body (as a Transfer: cross-shard, no times)."""
+    transfer_bytes = body.encoded(types_pb2.TRANSFER_STATUS_UNSPECIFIED, 0, True)
+    return records.leg(transfer_bytes, role, UNKNOWN) + records.leg_outcome(error.code_value, error.reason)
 
 
 def _account_refused(account_id: int, error: BankError) -> ledger_pb2.AccountResult:
@@ -442,21 +531,22 @@ class Ledger:
 
     # ------------------------------------------------------------------ drain
 
-    def apply(self, requests: Sequence[Request], now_ms: int) -> tuple[list[Response], list[Write]]:
+    def apply(self, requests: Sequence[Request], now_ms: int) -> tuple[list[Response], Writes]:
         """Apply a drain of requests in order: (one response each, the writes)."""
         invariant(not self._writes and not self._dirty, "apply re-entered with writes pending")
         epoch_before, applied_before = self.max_epoch, self.transfers_applied
         responses = [self._apply_request(request, now_ms) for request in requests]
+        accounts, pending = self.accounts, self._writes
         for account_id in sorted(self._dirty):
-            account = self.accounts[account_id]
+            account = accounts[account_id]
             check_account_invariants(account)
-            self._writes[keys.account_key(account_id)] = account.record_bytes()
+            pending[keys.account_key(account_id)] = account.record_bytes()
         if self.max_epoch != epoch_before:
             invariant(self.max_epoch > epoch_before, "max epoch went down")
             self._writes[keys.META_EPOCH] = keys.u64(self.max_epoch)
         if self.transfers_applied != applied_before:
             self._writes[keys.META_APPLIED] = keys.u64(self.transfers_applied)
-        writes = list(self._writes.items())
+        writes = self._writes.items()
         self._writes = {}
         self._dirty = set()
         return responses, writes
@@ -472,9 +562,8 @@ class Ledger:
             batch_error = _check_batch(len(request.transfers))
             if batch_error is not None:
                 return batch_error
-            return ledger_pb2.TransfersResponse(
-                transfers=[self._apply_transfer(t, now_ms) for t in request.transfers]
-            )
+            answers = [self._apply_transfer(t, now_ms) for t in request.transfers]
+            return ledger_pb2.TransfersResponse.FromString(records.answers(answers))
         if isinstance(request, ledger_pb2.ImportSlotsRequest):
             return self._import(request, now_ms)
         if isinstance(request, ledger_pb2.MarkSlotsRequest):
@@ -485,16 +574,14 @@ class Ledger:
             fence = self._fence(request.epoch, len(request.items))
             if fence is not None:
                 return fence
-            return ledger_pb2.LegsResponse(
-                legs=[self._prepare(item, request.epoch, now_ms) for item in request.items]
-            )
+            legs = [self._prepare(item, request.epoch, now_ms) for item in request.items]
+            return ledger_pb2.LegsResponse.FromString(records.answers(legs))
         fence = self._fence(request.epoch, len(request.items))
         if fence is not None:
             return fence
         role = DEBIT if isinstance(request, ledger_pb2.DecideRequest) else CREDIT
-        return ledger_pb2.LegsResponse(
-            legs=[self._resolve(item, role, request.epoch, now_ms) for item in request.items]
-        )
+        legs = [self._resolve(item, role, request.epoch, now_ms) for item in request.items]
+        return ledger_pb2.LegsResponse.FromString(records.answers(legs))
 
     def _fence(self, epoch: int, count: int) -> BankError | None:
         """Whole-request checks of a 2PC call; raises the max epoch seen."""
@@ -520,6 +607,11 @@ class Ledger:
     def _read_leg(self, key: bytes) -> ledger_pb2.Leg | None:
         value = self._read(key)
         return None if value is None else ledger_pb2.Leg.FromString(value)
+
+    def _read_record(self, key: bytes) -> tuple[bytes, ledger_pb2.Leg] | None:
+        """(stored bytes, parsed) of a transfer record or leg, if any."""
+        value = self._read(key)
+        return None if value is None else (value, ledger_pb2.Leg.FromString(value))
 
     def _journal(self, entry: types_pb2.JournalEntry) -> int:
         """Append one entry to the hash chain; returns its seq."""
@@ -761,30 +853,34 @@ class Ledger:
 
     # ------------------------------------------------------------------ transfers
 
-    def _transfer_form(self, given: types_pb2.Transfer, cross_shard: bool) -> types_pb2.Transfer:
-        """The normalized body of a well-formed transfer, or INVALID_ARGUMENT."""
+    def _body(self, given: types_pb2.Transfer, cross_shard: bool) -> Body:
+        """The normalized body of a well-formed transfer, or INVALID_ARGUMENT.
+        Each field of `given` is read once (a message attribute read is a
+        call into upb)."""
         transfer_id = ids.normalize_transfer_id(given.id)
+        kind, amount, currency = given.kind, given.amount, given.currency
+        memo, reference = given.memo, given.reference
         allowed = (TRANSFER, PAYMENT) if cross_shard else (DEPOSIT, WITHDRAWAL, TRANSFER, PAYMENT)
-        if given.kind not in allowed:
+        if kind not in allowed:
             raise errors.invalid(errors.INVALID_TRANSFER_KIND, "kind is not valid for this call")
-        money.check_amount(given.amount)
-        money.currency(given.currency)
-        if len(given.memo) > limits.MEMO_LENGTH_MAX:
+        money.check_amount(amount)
+        money.currency(currency)
+        if len(memo) > limits.MEMO_LENGTH_MAX:
             raise errors.invalid(errors.INVALID_ARGUMENT, f"memo is longer than {limits.MEMO_LENGTH_MAX}")
-        if len(given.reference) > limits.REFERENCE_LENGTH_MAX:
+        if len(reference) > limits.REFERENCE_LENGTH_MAX:
             raise errors.invalid(
                 errors.INVALID_ARGUMENT, f"reference is longer than {limits.REFERENCE_LENGTH_MAX}"
             )
         debit, credit = given.debit_account_id, given.credit_account_id
-        cash = ids.system_account_id(self.shard_index, given.currency)
-        if given.kind == DEPOSIT:
+        cash = ids.system_account_id(self.shard_index, currency)
+        if kind == DEPOSIT:
             if debit not in (0, cash):
                 raise errors.invalid(
                     errors.SYSTEM_ACCOUNT, "a deposit's debit side is the cash account: leave it 0"
                 )
             debit = cash
             self._check_customer_id(credit)
-        elif given.kind == WITHDRAWAL:
+        elif kind == WITHDRAWAL:
             if credit not in (0, cash):
                 raise errors.invalid(
                     errors.SYSTEM_ACCOUNT, "a withdrawal's credit side is the cash account: leave it 0"
@@ -796,20 +892,17 @@ class Ledger:
             self._check_customer_id(credit)
         if debit == credit:
             raise errors.invalid(errors.SAME_ACCOUNT, "debit and credit are the same account")
-        return types_pb2.Transfer(
-            id=transfer_id,
-            kind=given.kind,
-            debit_account_id=debit,
-            credit_account_id=credit,
-            amount=given.amount,
-            currency=given.currency,
-            memo=given.memo,
-            reference=given.reference,
-            cross_shard=cross_shard,
-            # Stored with the record, never part of the body compared on a
-            # resend (client_body): the gateway may decide differently later.
-            risk=given.risk if given.HasField("risk") else None,
-            review_deadline_unix_ms=given.review_deadline_unix_ms,
+        return Body(
+            transfer_id,
+            kind,
+            debit,
+            credit,
+            amount,
+            currency,
+            memo,
+            reference,
+            given.risk if given.HasField("risk") else None,
+            given.review_deadline_unix_ms,
         )
 
     def _check_customer_id(self, account_id: int) -> None:
@@ -819,7 +912,7 @@ class Ledger:
         if known is None or known.type == SYSTEM:
             _check_customer_id(account_id)
 
-    def _debit_refusal(self, account_id: int, transfer: types_pb2.Transfer) -> BankError | None:
+    def _debit_refusal(self, account_id: int, transfer: types_pb2.Transfer | Body) -> BankError | None:
         account = self.accounts.get(account_id)
         if account is None:
             if ids.is_system_account_id(account_id):
@@ -836,7 +929,7 @@ class Ledger:
             return errors.precondition(errors.INSUFFICIENT_FUNDS, "available balance is too low")
         return None
 
-    def _credit_refusal(self, account_id: int, transfer: types_pb2.Transfer) -> BankError | None:
+    def _credit_refusal(self, account_id: int, transfer: types_pb2.Transfer | Body) -> BankError | None:
         account = self.accounts.get(account_id)
         if account is None:
             if ids.is_system_account_id(account_id):
@@ -851,7 +944,7 @@ class Ledger:
             return errors.precondition(errors.BALANCE_OVERFLOW, "credit would exceed the largest balance")
         return None
 
-    def _routing_refusal(self, transfer: types_pb2.Transfer) -> BankError | None:
+    def _routing_refusal(self, transfer: Body) -> BankError | None:
         """SLOT_MOVED when none of the customer accounts is ours, CROSS_SHARD
         when only one of them is (the gateway sends those to the coordinator)."""
         kind = transfer.kind
@@ -878,75 +971,83 @@ class Ledger:
     def _moving_refusal(self, account_id: int) -> BankError | None:
         return _slot_moving(account_id) if self._moving(account_id) else None
 
-    def _block_routing_refusal(self, transfer: types_pb2.Transfer) -> BankError | None:
+    def _block_routing_refusal(self, transfer: Body) -> BankError | None:
         """A transfer the gateway blocked is recorded (ABORTED, nothing moves)
         at its record holder alone, even when its accounts are on two shards."""
         holder = transfer.credit_account_id if transfer.kind == DEPOSIT else transfer.debit_account_id
         return None if self._owns(holder) else _slot_moved(holder)
 
-    def _apply_transfer(self, given: types_pb2.Transfer, now_ms: int) -> types_pb2.Transfer:
+    def _apply_transfer(self, given: types_pb2.Transfer, now_ms: int) -> bytes:
+        """One ApplyTransfers item; its answer, a serialized Transfer. The body
+        is checked as a `Body` and serialized once (`records.transfer`) for the
+        record, the journal, the history and the answer."""
         try:
-            transfer = self._transfer_form(given, cross_shard=False)
+            body = self._body(given, cross_shard=False)
         except BankError as error:
-            return _rejected(given, error)
-        key = keys.transfer_key(transfer.id)
+            return _rejected(given, error).SerializeToString()
+        key = keys.transfer_key(body.id)
         record = self._read_leg(key)
         if record is not None:
-            if not _same_body(record.transfer, transfer):
-                return _rejected(given, _id_conflict())
-            return types_pb2.Transfer.FromString(record.transfer.SerializeToString())
-        blocked = transfer.risk.decision == types_pb2.RISK_DECISION_BLOCK
-        routing = self._block_routing_refusal(transfer) if blocked else self._routing_refusal(transfer)
+            if not _same_body(record.transfer, given):
+                return _rejected(given, _id_conflict()).SerializeToString()
+            return record.transfer.SerializeToString()
+        risk = body.risk
+        blocked = risk is not None and risk.decision == types_pb2.RISK_DECISION_BLOCK
+        routing = self._block_routing_refusal(body) if blocked else self._routing_refusal(body)
         if routing is not None:
-            return _rejected(transfer, routing)
-        transfer.created_at_unix_ms = transfer.updated_at_unix_ms = now_ms
+            return body.encoded(
+                types_pb2.TRANSFER_STATUS_REJECTED,
+                0,
+                False,
+                routing.code_value,
+                routing.reason,
+                routing.message,
+            )
         if blocked:
             refusal: BankError | None = errors.precondition(
                 errors.RISK_BLOCKED, "the transfer was refused by risk control"
             )
         else:
-            refusal = self._debit_refusal(transfer.debit_account_id, transfer) or self._credit_refusal(
-                transfer.credit_account_id, transfer
+            refusal = self._debit_refusal(body.debit_account_id, body) or self._credit_refusal(
+                body.credit_account_id, body
             )
         if refusal is not None:
-            transfer.status = types_pb2.TRANSFER_STATUS_ABORTED
-            _set_outcome(transfer, refusal)
-            transfer_bytes = transfer.SerializeToString(deterministic=True)
+            status = types_pb2.TRANSFER_STATUS_ABORTED
+            transfer_bytes = body.encoded(
+                status, now_ms, False, refusal.code_value, refusal.reason, refusal.message
+            )
             self._writes[key] = records.leg(transfer_bytes, 0, ABORTED)
             self._journal_transfer(
-                types_pb2.JOURNAL_KIND_TRANSFER_REFUSED, now_ms, transfer.id, [], transfer_bytes
+                types_pb2.JOURNAL_KIND_TRANSFER_REFUSED, now_ms, body.id, [], transfer_bytes
             )
-            return transfer
-        transfer_bytes = self._post(transfer, now_ms)
+            return transfer_bytes
+        transfer_bytes = self._post(body, now_ms)
         self._writes[key] = records.leg(transfer_bytes, 0, COMMITTED)
-        return transfer
+        return transfer_bytes
 
-    def _post(self, transfer: types_pb2.Transfer, now_ms: int) -> bytes:
+    def _post(self, body: Body, now_ms: int) -> bytes:
         """Move the money of a checked single-shard transfer, in one step;
         returns the transfer's serialized body (as recorded everywhere)."""
-        debit = self._cash_account(transfer.debit_account_id, transfer.currency, now_ms)
-        credit = self._cash_account(transfer.credit_account_id, transfer.currency, now_ms)
-        amount = transfer.amount
+        transfer_id, currency = body.id, body.currency
+        debit = self._cash_account(body.debit_account_id, currency, now_ms)
+        credit = self._cash_account(body.credit_account_id, currency, now_ms)
+        amount = body.amount
         debit_delta, credit_delta = -amount, amount
-        invariant(debit_delta + credit_delta == 0, f"transfer {transfer.id}: postings do not sum to 0")
+        invariant(debit_delta + credit_delta == 0, f"transfer {transfer_id}: postings do not sum to 0")
+        invariant(debit.currency == credit.currency == currency, f"transfer {transfer_id}: currencies")
         invariant(
-            debit.currency == credit.currency == transfer.currency, f"transfer {transfer.id}: currencies"
-        )
-        invariant(
-            debit.status == ACTIVE and credit.status == ACTIVE, f"transfer {transfer.id}: account not active"
+            debit.status == ACTIVE and credit.status == ACTIVE, f"transfer {transfer_id}: account not active"
         )
         debit.balance += debit_delta
         credit.balance += credit_delta
         self._touch(debit, now_ms)
         self._touch(credit, now_ms)
-        transfer.status = types_pb2.TRANSFER_STATUS_COMMITTED
-        _set_outcome(transfer, None)
-        transfer_bytes = transfer.SerializeToString(deterministic=True)
+        transfer_bytes = body.encoded(types_pb2.TRANSFER_STATUS_COMMITTED, now_ms)
         seq = self.journal_seq + 1
         entry_bytes, debit_history, credit_history = records.posted_transfer(
             seq,
             now_ms,
-            transfer.id,
+            transfer_id,
             transfer_bytes,
             amount,
             debit.id,
@@ -964,77 +1065,107 @@ class Ledger:
         return transfer_bytes
 
     # ------------------------------------------------------------------ two-phase commit
+    #
+    # Each item's answer is a serialized Leg: the bytes of the leg as stored
+    # (written by this drain or read back) with the item's outcome appended
+    # (`_leg_answer`), so a LegsResponse is parsed once instead of copying a
+    # Leg message per item. New legs are built from their `Body` as bytes.
 
-    def _prepare(self, item: ledger_pb2.PrepareItem, epoch: int, now_ms: int) -> ledger_pb2.Leg:
-        role = item.role
+    def _prepare(self, item: ledger_pb2.PrepareItem, epoch: int, now_ms: int) -> bytes:
+        role, given = item.role, item.transfer
         try:
             if role not in (DEBIT, CREDIT):
                 raise errors.invalid(errors.INVALID_ARGUMENT, "role must be DEBIT or CREDIT")
-            transfer = self._transfer_form(item.transfer, cross_shard=True)
-            _take_review(transfer, item.transfer, now_ms)
+            body = self._body(given, cross_shard=True)
+            _check_review_deadline(body.review_deadline_unix_ms, now_ms)
         except BankError as error:
-            return _leg_refused(item.transfer, role, error)
-        key = keys.transfer_key(transfer.id) if role == DEBIT else keys.leg_key(transfer.id)
-        record = self._read_leg(key)
-        if record is not None:
+            return _leg_refused(given, role, error)
+        key = keys.transfer_key(body.id) if role == DEBIT else keys.leg_key(body.id)
+        found = self._read_record(key)
+        if found is not None:
+            stored, record = found
             # A single-shard record under this id (role 0) with the same body:
             # the transfer was settled here before a slot move made it
             # cross-shard. Its answer keeps role 0, which tells the
             # coordinator to follow it and ABORT the credit leg (finishing
             # that leg with COMMIT would credit a second time).
-            if not _same_body(record.transfer, transfer) or record.role not in (role, _single(role)):
-                return _leg_refused(item.transfer, role, _id_conflict())
-            return _leg_out(record)
-        record, account = self._new_leg(transfer, role, key, epoch, now_ms)
+            if not _same_body(record.transfer, body) or record.role not in (role, _single(role)):
+                return _leg_refused(given, role, _id_conflict())
+            return _leg_answer(stored, record)
+        refused, account = self._new_leg(body, role, key, epoch, now_ms)
         if account is None:
-            return record
-        account_id = account.id
+            return refused
+        account_id, amount = account.id, body.amount
         if role == DEBIT:
-            account.held += transfer.amount
-            posting = records.posting(account_id, held_delta=transfer.amount)
+            account.held += amount
+            posting = records.posting(account_id, held_delta=amount)
         else:
-            account.pending_credit += transfer.amount
-            posting = records.posting(account_id, pending_credit_delta=transfer.amount)
+            account.pending_credit += amount
+            posting = records.posting(account_id, pending_credit_delta=amount)
         self._touch(account, now_ms)
-        record.state = PREPARED
-        record.transfer.status = types_pb2.TRANSFER_STATUS_PENDING
-        if transfer.review_deadline_unix_ms:
-            record.transfer.reason = errors.UNDER_REVIEW
-        self._record_leg(key, record, types_pb2.JOURNAL_KIND_LEG_PREPARED, [posting], now_ms)
+        deadline_ms = body.review_deadline_unix_ms
+        reason = errors.UNDER_REVIEW if deadline_ms else ""
+        transfer_bytes = body.encoded(types_pb2.TRANSFER_STATUS_PENDING, now_ms, True, 0, reason)
+        kind = types_pb2.JOURNAL_KIND_LEG_PREPARED
+        _, stored = self._record_new_leg(
+            key, transfer_bytes, body.id, role, PREPARED, epoch, now_ms, kind, [posting]
+        )
         # A review hold waits on purpose: it counts as in doubt (presumed
         # abandoned by recovery) from its deadline on, not from now.
-        doubt_from_ms = max(now_ms, transfer.review_deadline_unix_ms)
-        self.in_doubt[(role, transfer.id)] = doubt_from_ms
-        self._writes[keys.in_doubt_key(role, transfer.id)] = keys.u64(doubt_from_ms)
-        return _leg_out(record)
+        doubt_from_ms = max(now_ms, deadline_ms)
+        self.in_doubt[(role, body.id)] = doubt_from_ms
+        self._writes[keys.in_doubt_key(role, body.id)] = keys.u64(doubt_from_ms)
+        return stored
 
     def _new_leg(
-        self, transfer: types_pb2.Transfer, role: int, key: bytes, epoch: int, now_ms: int
-    ) -> tuple[ledger_pb2.Leg, AccountState | None]:
+        self, body: Body, role: int, key: bytes, epoch: int, now_ms: int
+    ) -> tuple[bytes, AccountState | None]:
         """Check a leg (or record) new to this shard as Prepare does: slot here
         and not moving, then the account's own refusals. Refused: (the answer,
         None), a business refusal recorded ABORTED (final for the id). Else
-        (the record, not stored yet, with no state, and its account)."""
-        account_id = transfer.debit_account_id if role == DEBIT else transfer.credit_account_id
+        (b"", its account): the caller records the leg."""
+        account_id = body.debit_account_id if role == DEBIT else body.credit_account_id
         if not self._owns(account_id):
-            return _leg_refused(transfer, role, _slot_moved(account_id)), None
+            return _body_refused(body, role, _slot_moved(account_id)), None
         if self._moving(account_id):
-            return _leg_refused(transfer, role, _slot_moving(account_id)), None
+            return _body_refused(body, role, _slot_moving(account_id)), None
         if role == DEBIT:
-            refusal = self._debit_refusal(account_id, transfer)
+            refusal = self._debit_refusal(account_id, body)
         else:
-            refusal = self._credit_refusal(account_id, transfer)
-        transfer.created_at_unix_ms = transfer.updated_at_unix_ms = now_ms
-        record = ledger_pb2.Leg(transfer=transfer, role=role, epoch=epoch, prepared_at_unix_ms=now_ms)  # type: ignore[arg-type]
+            refusal = self._credit_refusal(account_id, body)
         if refusal is not None:
-            record.state = ABORTED
-            record.transfer.status = types_pb2.TRANSFER_STATUS_ABORTED
-            _set_outcome(record.transfer, refusal)
-            self._record_leg(key, record, types_pb2.JOURNAL_KIND_LEG_ABORTED, [], now_ms)
-            return _leg_out(record), None
+            code, reason = refusal.code_value, refusal.reason
+            status = types_pb2.TRANSFER_STATUS_ABORTED
+            transfer_bytes = body.encoded(status, now_ms, True, code, reason, refusal.message)
+            kind = types_pb2.JOURNAL_KIND_LEG_ABORTED
+            _, stored = self._record_new_leg(
+                key, transfer_bytes, body.id, role, ABORTED, epoch, now_ms, kind, []
+            )
+            # An ABORTED leg answers with why it aborted: what a Prepare
+            # caller needs to abort the other leg.
+            return stored + records.leg_outcome(code, reason), None
         account = self.accounts[account_id]
-        invariant(account.type != SYSTEM, f"transfer {transfer.id}: 2PC leg on a cash account")
-        return record, account
+        invariant(account.type != SYSTEM, f"transfer {body.id}: 2PC leg on a cash account")
+        return b"", account
+
+    def _record_new_leg(
+        self,
+        key: bytes,
+        transfer_bytes: bytes,
+        transfer_id: str,
+        role: int,
+        state: int,
+        epoch: int,
+        now_ms: int,
+        kind: types_pb2.JournalKind.ValueType,
+        postings: list[bytes],
+    ) -> tuple[int, bytes]:
+        """Store a leg first recorded now (prepared_at = now) and journal it:
+        (journal seq, the stored leg bytes)."""
+        stored = records.leg(transfer_bytes, role, state, epoch, now_ms)
+        self._writes[key] = stored
+        seq = self._journal_transfer(kind, now_ms, transfer_id, postings, transfer_bytes, epoch, role)
+        return seq, stored
 
     def _record_leg(
         self,
@@ -1043,18 +1174,21 @@ class Ledger:
         kind: types_pb2.JournalKind.ValueType,
         postings: list[bytes],
         now_ms: int,
-    ) -> tuple[int, bytes]:
+    ) -> tuple[int, bytes, bytes]:
         """Store a leg and journal it, its transfer serialized once for both:
-        (journal seq, transfer bytes)."""
+        (journal seq, transfer bytes, the stored leg bytes)."""
         invariant(record.code == 0 and not record.reason, "a stored leg carries no request outcome")
         transfer = record.transfer
-        transfer_bytes = transfer.SerializeToString(deterministic=True)
+        # Transfer has no map field: its plain serialization is the
+        # deterministic one, without parsing the keyword (tests/unit/test_records.py).
+        transfer_bytes = transfer.SerializeToString()
         role, epoch = record.role, record.epoch
-        self._writes[key] = records.leg(transfer_bytes, role, record.state, epoch, record.prepared_at_unix_ms)
+        stored = records.leg(transfer_bytes, role, record.state, epoch, record.prepared_at_unix_ms)
+        self._writes[key] = stored
         seq = self._journal_transfer(kind, now_ms, transfer.id, postings, transfer_bytes, epoch, role)
-        return seq, transfer_bytes
+        return seq, transfer_bytes, stored
 
-    def _resolve(self, item: ledger_pb2.DecideItem, role: int, epoch: int, now_ms: int) -> ledger_pb2.Leg:
+    def _resolve(self, item: ledger_pb2.DecideItem, role: int, epoch: int, now_ms: int) -> bytes:
         """Decide (role DEBIT, the record holder) or Finish (role CREDIT)."""
         has_body = item.HasField("transfer")
         given = item.transfer if has_body else types_pb2.Transfer(id=item.transfer_id)
@@ -1069,53 +1203,56 @@ class Ledger:
         except BankError as error:
             return _leg_refused(given, role, error)
         key = keys.transfer_key(transfer_id) if role == DEBIT else keys.leg_key(transfer_id)
-        record = self._read_leg(key)
+        found = self._read_record(key)
         body = None
         if has_body:
             try:
-                body = self._decided_body(item.transfer, transfer_id, record, role)
+                body = self._decided_body(
+                    item.transfer, transfer_id, None if found is None else found[1], role
+                )
             except BankError as error:
                 return _leg_refused(given, role, error)
-        if record is None:
+        if found is None:
             return self._resolve_unknown(item, role, transfer_id, body, epoch, now_ms)
+        stored, record = found
         if record.role not in (role, _single(role)) or (
             body is not None and not _same_body(record.transfer, body)
         ):
             return _leg_refused(given, role, _id_conflict())
         if record.role != role:  # settled single-shard (see _prepare): its state, unchanged
-            return _leg_out(record, done=True)
+            return _leg_answer(stored, record, done=True)
         wanted = COMMITTED if item.decision == COMMIT else ABORTED
         if record.state == wanted:
-            return _leg_out(record, done=True)
+            return _leg_answer(stored, record, done=True)
         if item.direct and record.state == PREPARED and record.transfer.review_deadline_unix_ms:
             # A review hold waits for its officer: a direct decide is a plain
             # (re-)submission that never prepared here, so it decides nothing.
-            return _leg_out(record)
+            return _leg_answer(stored, record)
         if record.state != PREPARED:
             contradiction = errors.precondition(
                 errors.CONTRADICTORY_DECISION,
                 f"transfer {transfer_id} is already {ledger_pb2.LegState.Name(record.state)}",
             )
-            return _leg_out(record, contradiction)
+            return _leg_answer(stored, record, contradiction)
         deadline_ms = record.transfer.review_deadline_unix_ms
         if role == DEBIT and wanted == COMMITTED and deadline_ms and now_ms >= deadline_ms:
             # The record holder's clock has the last word on a review's
             # deadline: an approval that arrives late does not move money.
             expired = errors.precondition(errors.REVIEW_EXPIRED, f"review of {transfer_id} expired")
-            return _leg_out(record, expired)
-        self._settle(record, key, wanted, item, epoch, now_ms)
-        return _leg_out(record, done=True)
+            return _leg_answer(stored, record, expired)
+        return self._settle(record, key, wanted, item, epoch, now_ms)
 
     def _decided_body(
         self, given: types_pb2.Transfer, transfer_id: str, record: ledger_pb2.Leg | None, role: int
-    ) -> types_pb2.Transfer:
-        """The checked body of a Decide/Finish item, or INVALID_ARGUMENT.
+    ) -> Body | None:
+        """The checked body of a Decide/Finish item, or INVALID_ARGUMENT;
+        None when it is the body of `record` itself.
 
         The common case is the leg this shard prepared, asked about with the
-        very body it stored: that body passed `_transfer_form` at Prepare, so
-        an equal one needs no second pass (the Luhn check of the other shard's
-        account was a tenth of a node's 2PC time). Anything else (no record,
-        a tombstone, a single-shard record, another body) is checked in full,
+        very body it stored: that body passed `_body` at Prepare, so an equal
+        one needs no second pass (the Luhn check of the other shard's account
+        was a tenth of a node's 2PC time). Anything else (no record, a
+        tombstone, a single-shard record, another body) is checked in full,
         so errors come out exactly as before."""
         if (
             record is not None
@@ -1124,8 +1261,8 @@ class Ledger:
             and client_body(record.transfer) == client_body(given)
             and ids.normalize_transfer_id(given.id) == transfer_id
         ):
-            return record.transfer
-        body = self._transfer_form(given, cross_shard=True)
+            return None
+        body = self._body(given, cross_shard=True)
         if body.id != transfer_id:
             raise errors.invalid(errors.INVALID_TRANSFER_ID, "transfer.id differs from transfer_id")
         return body
@@ -1135,14 +1272,14 @@ class Ledger:
         item: ledger_pb2.DecideItem,
         role: int,
         transfer_id: str,
-        body: types_pb2.Transfer | None,
+        body: Body | None,
         epoch: int,
         now_ms: int,
-    ) -> ledger_pb2.Leg:
+    ) -> bytes:
         """No record here: COMMIT is refused, ABORT leaves a tombstone (presumed abort)."""
-        given = body or types_pb2.Transfer(id=transfer_id)
         if item.decision == COMMIT and item.direct and body is not None:
             return self._commit_unprepared(body, epoch, now_ms)
+        given = types_pb2.Transfer(id=transfer_id) if body is None else body.message(cross_shard=True)
         if item.decision == COMMIT:
             return _leg_refused(given, role, errors.not_found(errors.TRANSFER_NOT_FOUND, "no such leg here"))
         if body is not None:
@@ -1151,44 +1288,42 @@ class Ledger:
                 return _leg_refused(given, role, _slot_moved(account_id))
             if self._moving(account_id):
                 return _leg_refused(given, role, _slot_moving(account_id))
-        tombstone = types_pb2.Transfer()
-        tombstone.CopyFrom(given)
+        tombstone = given
         tombstone.status = types_pb2.TRANSFER_STATUS_ABORTED
         tombstone.created_at_unix_ms = tombstone.updated_at_unix_ms = now_ms
         tombstone.code = item.code or grpc.StatusCode.ABORTED.value[0]
         tombstone.reason = item.reason
         record = ledger_pb2.Leg(transfer=tombstone, role=role, state=ABORTED, epoch=epoch)  # type: ignore[arg-type]
         key = keys.transfer_key(transfer_id) if role == DEBIT else keys.leg_key(transfer_id)
-        self._record_leg(key, record, types_pb2.JOURNAL_KIND_LEG_ABORTED, [], now_ms)
-        return _leg_out(record, done=True)
+        _, _, stored = self._record_leg(key, record, types_pb2.JOURNAL_KIND_LEG_ABORTED, [], now_ms)
+        return stored  # done as asked: no outcome
 
-    def _commit_unprepared(self, body: types_pb2.Transfer, epoch: int, now_ms: int) -> ledger_pb2.Leg:
+    def _commit_unprepared(self, body: Body, epoch: int, now_ms: int) -> bytes:
         """A direct COMMIT at the record holder with no record yet: the credit
         leg is PREPARED elsewhere, so check the debit as a Prepare would and
         post it in the same step: the record is the decision, written once
         (no hold, no in-doubt entry, one journal entry instead of two)."""
         if body.review_deadline_unix_ms:
             review = errors.invalid(errors.INVALID_ARGUMENT, "a review hold is prepared, not decided direct")
-            return _leg_refused(body, DEBIT, review)
+            return _body_refused(body, DEBIT, review)
         key = keys.transfer_key(body.id)
-        record, account = self._new_leg(body, DEBIT, key, epoch, now_ms)
+        refused, account = self._new_leg(body, DEBIT, key, epoch, now_ms)
         if account is None:
-            return record
-        account_id = account.id
-        amount = body.amount
+            return refused
+        account_id, amount = account.id, body.amount
         account.balance -= amount
         self._touch(account, now_ms)
-        record.state = COMMITTED
-        record.transfer.status = types_pb2.TRANSFER_STATUS_COMMITTED
-        _set_outcome(record.transfer, None)
+        transfer_bytes = body.encoded(types_pb2.TRANSFER_STATUS_COMMITTED, now_ms, True)
         posting = records.posting(account_id, -amount)
         kind = types_pb2.JOURNAL_KIND_LEG_COMMITTED
-        seq, transfer_bytes = self._record_leg(key, record, kind, [posting], now_ms)
+        seq, stored = self._record_new_leg(
+            key, transfer_bytes, body.id, DEBIT, COMMITTED, epoch, now_ms, kind, [posting]
+        )
         self._history(account, transfer_bytes, -amount, seq)
         self.transfers_applied += 1
         if self._observe is not None:
             self._observe(account_id, now_ms, -amount, body.credit_account_id)
-        return _leg_out(record, done=True)
+        return stored  # done as asked: no outcome
 
     def _settle(
         self,
@@ -1198,8 +1333,9 @@ class Ledger:
         item: ledger_pb2.DecideItem,
         epoch: int,
         now_ms: int,
-    ) -> None:
-        """PREPARED -> COMMITTED or ABORTED, moving the hold / pending credit."""
+    ) -> bytes:
+        """PREPARED -> COMMITTED or ABORTED, moving the hold / pending credit;
+        returns the answer (the settled leg, done as asked)."""
         transfer = record.transfer
         amount = transfer.amount
         debit_side = record.role == DEBIT
@@ -1232,7 +1368,7 @@ class Ledger:
             transfer.code = item.code or grpc.StatusCode.ABORTED.value[0]
             transfer.reason, transfer.message = item.reason, ""
             kind = types_pb2.JOURNAL_KIND_LEG_ABORTED
-        seq, transfer_bytes = self._record_leg(key, record, kind, [posting], now_ms)
+        seq, transfer_bytes, stored = self._record_leg(key, record, kind, [posting], now_ms)
         if wanted == COMMITTED:
             self._history(account, transfer_bytes, balance_delta, seq)
             self.transfers_applied += 1
@@ -1241,6 +1377,7 @@ class Ledger:
                 self._observe(account_id, now_ms, balance_delta, other)
         del self.in_doubt[(record.role, transfer.id)]
         self._writes[keys.in_doubt_key(record.role, transfer.id)] = None
+        return stored
 
     # ------------------------------------------------------------------ reads (durable state only)
 
@@ -1535,18 +1672,14 @@ class Ledger:
 REVIEW_HOLD_MS_MAX = 30 * 24 * 3600 * 1000
 
 
-def _take_review(clean: types_pb2.Transfer, given: types_pb2.Transfer, now_ms: int) -> None:
-    """Keep the gateway's risk assessment and review deadline on a 2PC leg
-    (they are not part of the body two submissions must agree on)."""
-    deadline_ms = given.review_deadline_unix_ms
+def _check_review_deadline(deadline_ms: int, now_ms: int) -> None:
+    """A 2PC leg keeps the gateway's review deadline (and risk assessment,
+    both outside the body two submissions must agree on): within bounds."""
     if deadline_ms < 0 or deadline_ms > now_ms + REVIEW_HOLD_MS_MAX:
         raise errors.invalid(errors.INVALID_REVIEW_DEADLINE, "review deadline is out of range")
-    clean.review_deadline_unix_ms = deadline_ms
-    if given.HasField("risk"):
-        clean.risk.CopyFrom(given.risk)
 
 
-def _usable(account: AccountState, transfer: types_pb2.Transfer) -> BankError | None:
+def _usable(account: AccountState, transfer: types_pb2.Transfer | Body) -> BankError | None:
     if account.currency != transfer.currency:
         return errors.precondition(errors.CURRENCY_MISMATCH, f"account {account.id} is in {account.currency}")
     if account.status == CLOSED:

@@ -7,16 +7,15 @@ big-endian integers, or `hash || entry` for the journal.
 
 from __future__ import annotations
 
-import contextlib
-import gc
+import operator
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from rocksdict import AccessType, BlockBasedOptions, Options, Rdict, ReadOptions, WriteBatch, WriteOptions
 
 from ledger_node import journal, keys, slot_data
-from ledger_node.state import AccountState, InvariantViolation, Write, check_account_invariants, invariant
+from ledger_node.state import AccountState, InvariantViolation, Writes, check_account_invariants, invariant
 from shardbank.v1 import ledger_pb2, types_pb2
 
 # Writes of one group commit: bounded by the writer's drain size; a batch far
@@ -29,12 +28,9 @@ WRITES_PER_BATCH_MAX = 1_000_000
 BLOOM_BITS_PER_KEY = 10
 # Share of the memtable spent on its own whole-key bloom filter.
 MEMTABLE_BLOOM_RATIO = 0.1
-# Accounts from which a load moves everything it made into the collector's
-# permanent generation (gc.freeze): the accounts live as long as the node, and
-# every later full collection would walk them all (~0.4 s at 1M, a pause of
-# the event loop), the first one right after start-up. Below this a walk costs
-# a few ms, and test processes that load many small shards keep a plain heap.
-FREEZE_ACCOUNTS_MIN = 10_000
+
+
+_KEY = operator.itemgetter(0)
 
 
 def _options() -> Options:
@@ -45,24 +41,6 @@ def _options() -> Options:
     options.set_memtable_prefix_bloom_ratio(MEMTABLE_BLOOM_RATIO)
     options.set_memtable_whole_key_filtering(True)
     return options
-
-
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """No cyclic garbage collection inside the block.
-
-    Loading keeps every object it makes (two tracked ones an account: the
-    AccountState and its status-history list), so the collections that the
-    allocations trigger find nothing, yet each older-generation one walks
-    every account loaded so far: a third of the load of 200k accounts. Reference
-    counting still frees the parsed messages; the collector resumes after."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 @dataclass
@@ -121,13 +99,20 @@ class Store:
             raise InvariantViolation(f"non-bytes value under {key!r}")
         return value
 
-    def write(self, writes: Sequence[Write]) -> None:
-        """All writes of one drain, atomically, WAL synced."""
+    def write(self, writes: Writes) -> None:
+        """All writes of one drain, atomically, WAL synced.
+
+        Put in key order: RocksDB inserts each key into the memtable's skip
+        list starting from where the previous insert landed, so a batch in
+        order (a drain's keys are random: transfer ids, accounts) costs ~40%
+        less in `db.write`: ~9.5 instead of ~15.5 us per transfer for ~6
+        keys, for ~1 us of sorting (the order has no other effect: a batch
+        is applied atomically and holds each key once)."""
         invariant(len(writes) <= WRITES_PER_BATCH_MAX, f"{len(writes)} writes in one batch")
         if not writes:
             return
         batch = WriteBatch(raw_mode=True)
-        for key, value in writes:
+        for key, value in sorted(writes, key=_KEY):
             if value is None:
                 batch.delete(key)
             else:
@@ -196,21 +181,20 @@ class Store:
         and `check_account_invariants` holds. The loop is the start-up time of
         a big shard (1M accounts), so it keeps Python-level steps per account
         few (bound methods hoisted, no message text built for a check that
-        passes) and runs with the cyclic garbage collector paused (see
-        `_collector_paused` and FREEZE_ACCOUNTS_MIN)."""
+        passes). It leaves the garbage collector alone: the node process
+        pauses it around its start-up and freezes what the load made
+        (`ledger_node.__main__.start_up_collector`); a library call such as
+        `verify`'s or a test's must not change process-wide GC state."""
         accounts: dict[int, AccountState] = {}
         parse = types_pb2.Account.FromString
         from_proto = AccountState.from_proto
         account_key = keys.account_key
-        with _collector_paused():
-            for key, value in self.scan(keys.ACCOUNT):
-                account = from_proto(parse(value))
-                if account_key(account.id) != key:
-                    raise InvariantViolation(f"account record under wrong key {key.hex()}")
-                check_account_invariants(account)
-                accounts[account.id] = account
-            if len(accounts) >= FREEZE_ACCOUNTS_MIN:
-                gc.freeze()
+        for key, value in self.scan(keys.ACCOUNT):
+            account = from_proto(parse(value))
+            if account_key(account.id) != key:
+                raise InvariantViolation(f"account record under wrong key {key.hex()}")
+            check_account_invariants(account)
+            accounts[account.id] = account
         return accounts
 
     def _previous_hash(self, seq: int) -> bytes:

@@ -40,6 +40,108 @@ def test_varint_matches_the_generated_encoding(seed: int) -> None:
         assert records.varint(value) == expected[1:] if value else expected == b""
 
 
+def test_varint_at_every_table_boundary() -> None:
+    """Each branch of the table-driven encoder, at and around its edges
+    (2**7, 2**14, 2**28, 2**42, 2**56 and the negative fast path down to -2**42)."""
+    edges = [2**bits + step for bits in (7, 14, 28, 42, 56, 63) for step in (-2, -1, 0, 1)]
+    values = {value for edge in edges for value in (edge, -edge)} | {0, 1, -1, INT64_MIN, INT64_MAX}
+    for value in sorted(v for v in values if INT64_MIN <= v <= INT64_MAX):
+        expected = types_pb2.Posting(balance_delta=value).SerializeToString()
+        assert records.varint(value) == (expected[1:] if value else b"\x00"), value
+
+
+def test_record_messages_have_no_map_field() -> None:
+    """The node serializes Transfer, Leg and StatusChange without
+    `deterministic=True` (its keyword parsing cost ~0.6 us a call): that is the
+    same bytes only while no message inside them has a map field, whose
+    entries are the one thing deterministic serialization orders."""
+
+    def has_map(descriptor: object, seen: set[str]) -> bool:
+        full_name = descriptor.full_name  # type: ignore[attr-defined]
+        if full_name in seen:
+            return False
+        seen.add(full_name)
+        for one in descriptor.fields:  # type: ignore[attr-defined]
+            if one.message_type is None:
+                continue
+            if one.message_type.GetOptions().map_entry or has_map(one.message_type, seen):
+                return True
+        return False
+
+    for message_class in (types_pb2.Transfer, ledger_pb2.Leg, types_pb2.StatusChange, types_pb2.Account):
+        assert not has_map(message_class.DESCRIPTOR, set()), message_class
+
+
+def _random_transfer(rng: random.Random) -> types_pb2.Transfer:
+    """A Transfer with each field either unset (zero) or a random value."""
+
+    def maybe(value: object) -> object:
+        return value if rng.random() < 0.6 else None
+
+    fields = {
+        "id": maybe(str(move(1, 2, 1).id)),
+        "kind": maybe(rng.randint(1, 4)),
+        "debit_account_id": maybe(rng.choice([1156, 10**15 + rng.randint(0, 10**14), 2**64 - 1])),
+        "credit_account_id": maybe(rng.choice([2156, 10**15 + rng.randint(0, 10**14)])),
+        "amount": maybe(rng.randint(1, 10**15)),
+        "currency": maybe(rng.choice(["CNY", "USD", "JPY"])),
+        "memo": maybe(rng.choice(["rent", "é" * 70, "x" * 200])),
+        "reference": maybe("INV-" + str(rng.randint(0, 10**9))),
+        "status": maybe(rng.randint(1, 4)),
+        "code": maybe(rng.randint(1, 16)),
+        "reason": maybe("INSUFFICIENT_FUNDS"),
+        "message": maybe("available balance is too low"),
+        "review_deadline_unix_ms": maybe(1_760_000_000_000 + rng.randint(0, 10**9)),
+    }
+    transfer = types_pb2.Transfer(**{name: value for name, value in fields.items() if value is not None})
+    at = maybe(1_760_000_000_000 + rng.randint(0, 10**6))
+    if at is not None:
+        transfer.created_at_unix_ms = transfer.updated_at_unix_ms = at  # type: ignore[assignment]
+    transfer.cross_shard = rng.random() < 0.5
+    if rng.random() < 0.5:
+        transfer.risk.decision = rng.choice([0, 1, 2, 3])  # type: ignore[assignment]
+        if rng.random() < 0.5:
+            transfer.risk.score = rng.randint(0, 500)
+            transfer.risk.rules.extend(["velocity", "new_payee"])
+    return transfer
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_transfer_bytes_match_the_generated_encoding(seed: int) -> None:
+    given = _random_transfer(random.Random(seed))
+    risk = given.risk.SerializeToString() if given.HasField("risk") else None
+    got = records.transfer(
+        given.id,
+        given.kind,
+        given.debit_account_id,
+        given.credit_account_id,
+        given.amount,
+        given.currency,
+        given.memo,
+        given.reference,
+        given.status,
+        given.code,
+        given.reason,
+        given.message,
+        given.created_at_unix_ms,
+        given.cross_shard,
+        risk,
+        given.review_deadline_unix_ms,
+    )
+    assert got == given.SerializeToString(deterministic=True)
+
+
+def test_answers_parse_to_the_messages_they_frame() -> None:
+    rng = random.Random(7)
+    transfers = [_random_transfer(rng) for _ in range(50)] + [types_pb2.Transfer()]
+    framed = records.answers([t.SerializeToString() for t in transfers])
+    assert list(ledger_pb2.TransfersResponse.FromString(framed).transfers) == transfers
+    legs = [ledger_pb2.Leg(transfer=t, role=1, state=2, code=9, reason="X") for t in transfers[:5]]
+    framed = records.answers([leg.SerializeToString() for leg in legs])
+    assert list(ledger_pb2.LegsResponse.FromString(framed).legs) == legs
+    assert records.answers([]) == b""
+
+
 @pytest.mark.parametrize("seed", range(20))
 def test_posting_leg_history_and_entry_bytes(seed: int) -> None:
     rng = random.Random(seed)
@@ -223,3 +325,35 @@ def test_cash_account_may_not_hold() -> None:
     cash.held = 1
     with pytest.raises(InvariantViolation, match="a cash account holds 1"):
         check_account_invariants(cash)
+
+
+def test_account_record_cache_follows_every_field_it_was_built_from() -> None:
+    """`AccountState.record_bytes` caches the rarely changing parts (holder,
+    status, overdraft limit, creation time): after a change of any of them,
+    or of the money fields and status history around them, the record is
+    still exactly the message's serialization."""
+    state = AccountState.from_proto(account(overdraft_limit=500))
+    state.created_at_ms = state.updated_at_ms = 1_760_000_000_000
+
+    def want() -> bytes:
+        return state.to_proto(with_available=False).SerializeToString(deterministic=True)
+
+    changes: list[tuple[str, object]] = [
+        ("balance", 10**12),
+        ("status", types_pb2.ACCOUNT_STATUS_FROZEN),
+        ("overdraft_limit", 0),
+        ("held", 3),
+        ("overdraft_limit", 2**40),
+        ("pending_credit", 9),
+        ("created_at_ms", 1_700_000_000_000),
+        ("holder_bytes", types_pb2.Holder(name="Han Meimei").SerializeToString()),
+        ("status", types_pb2.ACCOUNT_STATUS_ACTIVE),
+        ("balance", -7),
+        ("updated_at_ms", 1_760_000_000_999),
+    ]
+    assert state.record_bytes() == want()
+    for name, value in changes:
+        setattr(state, name, value)
+        assert state.record_bytes() == want(), name
+    state.status_history.append(types_pb2.StatusChange(from_status=1, to_status=2, actor="op", reason="r"))
+    assert state.record_bytes() == want()
