@@ -2,7 +2,14 @@
 
 Same methods, same errors, same retry rules. With `coalesce=True`, concurrent
 `deposit`/`withdraw`/`transfer` calls of this client share `SubmitTransfers`
-batches (see `clients.coalesce`). Create it inside a running event loop.
+batches (see `clients.coalesce`) in two lanes, single-shard and cross-shard
+(2PC) items apart, each with one call out at a time: a single-shard call
+answers at its node's pace, not at the pace of a 2PC item it would otherwise
+share a call with. The lanes follow the slot map the gateway publishes
+(`GetClusterInfo`, fetched in the background; see `clients.routes`); a key
+whose role may not read it, or `coalesce_lanes=False`, gets one shared lane.
+A caller not answered within `deadline_s` gets DeadlineExceeded (unsettled:
+retry with the same id). Create it inside a running event loop.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from clients import messages, retry
 from clients.channel import CHANNEL_OPTIONS, DEFAULT_TARGET, auth_metadata, default_token
 from clients.coalesce import LINGER_S_DEFAULT, TransferCoalescer
 from clients.retry import RetryPolicy
+from clients.routes import LaneRouter
 from shardbank import limits
 from shardbank.v1 import bank_pb2, bank_pb2_grpc, ledger_pb2, risk_pb2, risk_pb2_grpc, types_pb2
 
@@ -35,6 +43,7 @@ class AsyncBankClient:
         coalesce: bool = False,
         coalesce_linger_s: float = LINGER_S_DEFAULT,
         coalesce_items_max: int = limits.BATCH_ITEMS_MAX,
+        coalesce_lanes: bool = True,
         channel: grpc.aio.Channel | None = None,
         token: str | None = None,
     ) -> None:
@@ -53,12 +62,21 @@ class AsyncBankClient:
         self._stub = bank_pb2_grpc.BankStub(self._channel)
         self._risk = risk_pb2_grpc.RiskStub(self._channel)
         self._coalescer: TransferCoalescer | None = None
+        self._router: LaneRouter | None = None
         if coalesce:
+            fetch = functools.partial(self._get_cluster_info, self.deadline_s)
+            self._router = LaneRouter(fetch) if coalesce_lanes else None
             self._coalescer = TransferCoalescer(
                 lambda items: self._send_transfers(items, self.deadline_s),
                 coalesce_items_max,
                 coalesce_linger_s,
+                self._router,
             )
+
+    @property
+    def lane_router(self) -> LaneRouter | None:
+        """The coalescing lanes' copy of the slot map (None without lanes)."""
+        return self._router
 
     async def __aenter__(self) -> AsyncBankClient:
         return self
@@ -188,7 +206,7 @@ class AsyncBankClient:
 
         async def attempt(deadline_s: float) -> types_pb2.Transfer:
             if coalescer is not None:
-                outcome = await coalescer.submit(item)
+                outcome = await coalescer.submit(item, deadline_s)
             else:
                 outcome = (await self._send_transfers([item], deadline_s))[0]
             return messages.checked(outcome)  # item UNAVAILABLE -> retried with the same id
@@ -224,10 +242,14 @@ class AsyncBankClient:
         return await self._call(lambda d: self._stub.ListHistory(request, timeout=d, metadata=self._metadata))
 
     async def cluster_info(self) -> bank_pb2.ClusterInfo:
+        return await self._call(self._get_cluster_info)
+
+    async def _get_cluster_info(self, deadline_s: float) -> bank_pb2.ClusterInfo:
         request = bank_pb2.GetClusterInfoRequest()
-        return await self._call(
-            lambda d: self._stub.GetClusterInfo(request, timeout=d, metadata=self._metadata)
+        response: bank_pb2.ClusterInfo = await self._stub.GetClusterInfo(
+            request, timeout=deadline_s, metadata=self._metadata
         )
+        return response
 
     # Risk (the officers' calls most used from code; the rest are on BankClient).
 

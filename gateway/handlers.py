@@ -477,6 +477,10 @@ class BankHandlers:
             shards=statuses,
             coordinator_leader=leader.coordinator_id if leader else "",
             coordinator_epoch=leader.epoch if leader else 0,
+            slot_ranges=[
+                bank_pb2.SlotRange(first=first, last=last, shard_id=shard_id)
+                for first, last, shard_id in slot_map.ranges()
+            ],
         )
 
     async def _shard_status(self, shard_id: str, slot_count: int, timeout_s: float) -> bank_pb2.ShardStatus:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 SLOT_COUNT = 4096
@@ -60,8 +61,14 @@ class SlotMap:
             raise ValueError(
                 f"slot map has slot_count {data.get('slot_count')}, this build uses {SLOT_COUNT}"
             )
+        return SlotMap.from_ranges(int(data["version"]), data["ranges"])
+
+    @staticmethod
+    def from_ranges(version: int, ranges: Iterable[Sequence[object]]) -> SlotMap:
+        """A map from `ranges()` runs, checked: from etcd, or as the gateway
+        publishes it to clients (`ClusterInfo.slot_ranges`)."""
         owners: list[str | None] = [None] * SLOT_COUNT
-        for first, last, shard in data["ranges"]:
+        for first, last, shard in ranges:
             # Checked, not trusted: a negative index would silently wrap around,
             # an overlap would silently give a slot to the later range.
             if not (isinstance(first, int) and isinstance(last, int) and 0 <= first <= last < SLOT_COUNT):
@@ -74,4 +81,4 @@ class SlotMap:
                 owners[slot] = shard
         if any(owner is None for owner in owners):
             raise ValueError("slot map leaves slots without an owner")
-        return SlotMap(int(data["version"]), tuple(o for o in owners if o is not None))
+        return SlotMap(version, tuple(o for o in owners if o is not None))

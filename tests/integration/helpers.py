@@ -49,6 +49,23 @@ def open_on_shard(
     raise AssertionError(f"no account landed on {shard_id} in {OPEN_ATTEMPTS_MAX} tries")
 
 
+def funded_business_accounts(
+    client: BankClient, cluster: LocalCluster, per_shard: int, amount_minor: int
+) -> dict[str, list[int]]:
+    """`per_shard` funded business accounts on each of shard-1 and shard-2
+    (business: the risk check allows them the velocity a load needs, where a
+    personal one is held for review after 10 transfers a minute)."""
+    opened: dict[str, list[int]] = {"shard-1": [], "shard-2": []}
+    for shard_id, ids in opened.items():
+        for _ in range(per_shard):
+            account = open_on_shard(client, cluster, shard_id, account_type="business")
+            assert (
+                client.deposit(account.id, amount_minor, "CNY").status == types_pb2.TRANSFER_STATUS_COMMITTED
+            )
+            ids.append(account.id)
+    return opened
+
+
 def balance(client: BankClient, account_id: int) -> int:
     return client.get_account(account_id).balance
 

@@ -22,7 +22,7 @@ from clients.client import BankClient
 from clients.local_cluster import LocalCluster
 from shardbank import service_auth
 from shardbank.v1 import coordinator_pb2, coordinator_pb2_grpc, ledger_pb2, ledger_pb2_grpc, types_pb2
-from tests.integration.helpers import balance, leader, open_on_shard
+from tests.integration.helpers import balance, funded_business_accounts, leader, open_on_shard
 from tests.integration.test_observability import scrape, value
 
 pytestmark = pytest.mark.integration
@@ -42,15 +42,8 @@ def signed(cluster: LocalCluster, address: str) -> grpc.Channel:
 
 @pytest.fixture(scope="module")
 def accounts(client: BankClient, cluster: LocalCluster) -> Iterator[dict[str, list[int]]]:
-    """Three funded accounts per shard, and an empty one on shard-1. Business
-    accounts: the gateway's risk check allows them the velocity these tests
-    need (a personal one is held for review after 10 transfers a minute)."""
-    opened: dict[str, list[int]] = {"shard-1": [], "shard-2": []}
-    for shard_id, ids in opened.items():
-        for _ in range(3):
-            account = open_on_shard(client, cluster, shard_id, account_type="business")
-            assert client.deposit(account.id, FUNDS_MINOR, "CNY").status == COMMITTED
-            ids.append(account.id)
+    """Three funded business accounts per shard, and an empty one on shard-1."""
+    opened = funded_business_accounts(client, cluster, 3, FUNDS_MINOR)
     opened["empty"] = [open_on_shard(client, cluster, "shard-1").id]
     yield opened
 
