@@ -2,12 +2,14 @@
 
 Same methods, same errors, same retry rules. With `coalesce=True`, concurrent
 `deposit`/`withdraw`/`transfer` calls of this client share `SubmitTransfers`
-batches (see `clients.coalesce`) in two lanes, single-shard and cross-shard
-(2PC) items apart, each with one call out at a time: a single-shard call
-answers at its node's pace, not at the pace of a 2PC item it would otherwise
-share a call with. The lanes follow the slot map the gateway publishes
-(`GetClusterInfo`, fetched in the background; see `clients.routes`); a key
-whose role may not read it, or `coalesce_lanes=False`, gets one shared lane.
+batches (see `clients.coalesce`), one call out at a time. With
+`coalesce_lanes=True` as well, single-shard and cross-shard (2PC) items batch
+in two lanes, so a single-shard call answers at its node's pace rather than
+at the pace of a 2PC item it would otherwise share a call with; the lanes
+follow the slot map the gateway publishes (`GetClusterInfo`, fetched in the
+background; see `clients.routes`). Off by default: on the bench (S3) lanes
+cut p50 by ~25% but doubled p99, since cross-shard items then queue behind
+each other's rounds (docs/performance.md, "Client lanes").
 A caller not answered within `deadline_s` gets DeadlineExceeded (unsettled:
 retry with the same id). Create it inside a running event loop.
 """
@@ -43,7 +45,7 @@ class AsyncBankClient:
         coalesce: bool = False,
         coalesce_linger_s: float = LINGER_S_DEFAULT,
         coalesce_items_max: int = limits.BATCH_ITEMS_MAX,
-        coalesce_lanes: bool = True,
+        coalesce_lanes: bool = False,
         channel: grpc.aio.Channel | None = None,
         token: str | None = None,
     ) -> None:

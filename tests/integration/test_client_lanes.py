@@ -1,6 +1,6 @@
 """The coalescing client's lanes on real processes: the gateway publishes its
 slot map in GetClusterInfo, and a mixed single-/cross-shard load through
-`AsyncBankClient(coalesce=True)` -- first with a deliberately stale map --
+`AsyncBankClient(coalesce=True, coalesce_lanes=True)` -- first with a deliberately stale map --
 commits every transfer once, each caller's outcome matches GetTransfer, and
 the books balance.
 """
@@ -63,7 +63,11 @@ async def run_load(
     cluster: LocalCluster, plans: list[list[tuple[int, int, int]]], stale: slots.SlotMap
 ) -> tuple[list[types_pb2.Transfer], LaneRouter]:
     bank = AsyncBankClient(
-        cluster.gateway_address, deadline_s=CALL_TIMEOUT_S, token=cluster.admin_token, coalesce=True
+        cluster.gateway_address,
+        deadline_s=CALL_TIMEOUT_S,
+        token=cluster.admin_token,
+        coalesce=True,
+        coalesce_lanes=True,
     )
     router = bank.lane_router
     assert router is not None
