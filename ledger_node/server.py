@@ -18,7 +18,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, TypeAlias, TypeVar, cast
 
 import grpc
 import structlog
@@ -205,13 +205,18 @@ class LedgerNodeServicer(ledger_pb2_grpc.LedgerNodeServicer):
         self, requests: AsyncIterator[ledger_pb2.WriteMessage], context: Context
     ) -> AsyncIterator[ledger_pb2.WriteReply]:
         """Writes as messages on one stream (`ledger_node.write_stream`)."""
-        log.info("write_stream_opened", peer=context.peer())
+        # Read once, now: grpc frees the call when the caller goes, and this
+        # generator's `finally` may run after that (context.peer() on a freed
+        # call is a segfault in cygrpc: tests/integration/test_node_streams.py).
+        peer = context.peer()
+        log.info("write_stream_opened", peer=peer)
         try:
-            answer = functools.partial(self._answer, context=context)
+            detached = cast(Context, write_stream.DetachedContext(peer))
+            answer = functools.partial(self._answer, context=detached)
             async for reply in write_stream.serve(requests, answer, self.streams_ending):
                 yield reply
         finally:
-            log.info("write_stream_closed", peer=context.peer())
+            log.info("write_stream_closed", peer=peer)
 
     async def _answer(self, message: ledger_pb2.WriteMessage, context: Context) -> ledger_pb2.WriteReply:
         """One stream message through the unary handler of its kind (same

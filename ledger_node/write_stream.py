@@ -38,6 +38,21 @@ IN_FLIGHT_MAX = 256
 Answer = Callable[[ledger_pb2.WriteMessage], Awaitable[ledger_pb2.WriteReply]]
 
 
+class DetachedContext:
+    """What a message's answer may know of its stream, copied at open.
+
+    An answer runs as its own task and can outlive the call (the caller was
+    killed while the writer still held its message); grpc frees a call when
+    its caller goes, and touching the freed call's context from cygrpc is a
+    segfault. So answers get this copy, never the live context."""
+
+    def __init__(self, peer: str) -> None:
+        self._peer = peer
+
+    def peer(self) -> str:
+        return self._peer
+
+
 async def serve(
     requests: AsyncIterator[ledger_pb2.WriteMessage],
     answer: Answer,

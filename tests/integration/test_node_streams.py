@@ -9,6 +9,9 @@ books balance.
 
 from __future__ import annotations
 
+import random
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -19,11 +22,14 @@ import pytest
 
 from clients import messages
 from clients.client import BankClient
+from clients.cluster_state import running
 from clients.local_cluster import LocalCluster
 from shardbank.v1 import types_pb2
 from tests.integration.helpers import open_on_shard
 
 pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
 
 SENDERS = 4
 # Each sender sends until stopped (at most this many transfers).
@@ -120,3 +126,36 @@ def test_node_killed_mid_stream_resends_move_money_once(small_cluster: LocalClus
     debited = [e.transfer.id for e in history.entries if e.balance_delta < 0]
     assert sorted(debited) == sorted(committed), "a transfer is missing or applied twice"
     setup.close_channel()
+
+
+CALLER_KILLS = 15
+
+
+def test_node_survives_callers_killed_mid_stream(tmp_path: Path) -> None:
+    """A caller (gateway, coordinator) killed -9 while its write streams carry
+    messages must not take the node down with it. It did: the stream handler's
+    `finally` read `context.peer()` after grpc had freed the call, a segfault
+    in cygrpc that killed both nodes in a chaos run when a leader was killed."""
+    node = LocalCluster(
+        tmp_path / "node", shards=1, coordinators=0, gateway=False, authenticate_services=False, metrics=False
+    )
+    try:
+        node.start()
+        pid = node.pid("shard-1")
+        for kill in range(CALLER_KILLS):
+            caller = subprocess.Popen(
+                [sys.executable, "-m", "tests.integration.stream_client", node.address("shard-1")],
+                stdout=subprocess.PIPE,
+                cwd=ROOT,
+            )
+            try:
+                assert caller.stdout is not None and caller.stdout.readline().strip() == b"ready"
+                time.sleep(random.uniform(0.05, 0.3))  # messages in flight on every stream
+            finally:
+                caller.kill()
+                caller.wait()
+            time.sleep(0.1)
+            assert running(pid), f"the node died when its caller was killed (kill {kill + 1})"
+        assert node.pid("shard-1") == pid
+    finally:
+        node.stop()
