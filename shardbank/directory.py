@@ -18,7 +18,7 @@ import grpc
 import structlog
 
 from shardbank import limits, meta
-from shardbank.node_stream import NodeStream
+from shardbank.node_stream import NodeStream, unary_calls
 from shardbank.slots import SlotMap
 from shardbank.v1 import ledger_pb2_grpc
 
@@ -130,7 +130,7 @@ class ShardDirectory:
                 address, options=CHANNEL_OPTIONS, interceptors=self._interceptors
             )
             stub = ledger_pb2_grpc.LedgerNodeStub(channel)
-            stream = NodeStream(stub.WriteStream, shard_id)
+            stream = NodeStream(stub.WriteStream, shard_id, unary=unary_calls(stub))
             cached = self._nodes[shard_id] = _Node(address, channel, stub, stream)
         return cached
 

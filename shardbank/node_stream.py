@@ -19,6 +19,11 @@ on one long-lived stream per node and returns its reply, or raises a
 - at most `in_flight_max` messages are out on one stream; more wait (within
   their deadline) for room.
 
+A node without the stream (an older node during a rolling upgrade: the call
+ends UNIMPLEMENTED) gets the same request as its unary call instead, when the
+caller gave `unary` calls; the stream is tried again `STREAM_RETRY_S` later.
+So gateways and coordinators may be upgraded before the nodes.
+
 A stream that answered nothing since a message was sent when that message
 times out is presumed stuck
 (a peer that stopped without closing the connection) and is torn down, so the
@@ -31,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +53,9 @@ log = structlog.get_logger("node_stream")
 # `ledger_node.write_stream.IN_FLIGHT_MAX` = 256 at a time; more would wait in
 # its socket buffer rather than here, where their deadline is watched).
 IN_FLIGHT_MAX = 256
+# After a node answered UNIMPLEMENTED (no stream), how long its unary calls
+# are used before the stream is tried again (the node may have been upgraded).
+STREAM_RETRY_S = 60.0
 # Wait before reopening after a stream broke, doubling per failed open up to the max.
 REOPEN_BACKOFF_S_MIN = 0.05
 REOPEN_BACKOFF_S_MAX = 1.0
@@ -60,6 +68,8 @@ WriteRequest = (
 )
 # Opens a WriteStream call fed by the given requests (a stub's method).
 OpenStream = Callable[[AsyncIterator[ledger_pb2.WriteMessage]], Any]
+# The unary call standing for one body, by body name (see `unary_calls`).
+UnaryCall = Callable[..., Awaitable[Any]]
 # Status codes of a stream's end that are passed on as they are: they say the
 # caller itself is wrong (no credentials, a node without the stream), which a
 # resend would not fix. Any other end of a stream means "outcome unknown".
@@ -101,10 +111,15 @@ class NodeStream:
         name: str,
         in_flight_max: int = IN_FLIGHT_MAX,
         clock: Callable[[], float] = time.monotonic,
+        unary: Mapping[str, UnaryCall] | None = None,
     ) -> None:
+        """`unary`: body name -> the stub's unary method, the fallback for a
+        node without the stream (`unary_calls(stub)`); None: no fallback."""
         if in_flight_max < 1:
             raise ValueError("a stream needs room for one message")
         self._open_stream = open_stream
+        self._unary = unary
+        self._unary_until_s = 0.0
         self._name = name
         self._room = asyncio.Semaphore(in_flight_max)
         self._ids = itertools.count(1)
@@ -117,6 +132,8 @@ class NodeStream:
     async def send(self, request: WriteRequest, timeout_s: float) -> ledger_pb2.WriteReply:
         """The node's reply to `request` (never an error reply: that is raised)."""
         body = _BODY_FIELDS[type(request)]
+        if self._unary is not None and self._clock() < self._unary_until_s:
+            return await self._send_unary(body, request, timeout_s)
         ends_s = self._clock() + timeout_s
         if self._room.locked():
             try:
@@ -128,11 +145,31 @@ class NodeStream:
         try:
             generation = await self._generation(ends_s, body)
             reply = await self._exchange(generation, body, request, ends_s)
+        except BankError as refused:
+            if refused.code != grpc.StatusCode.UNIMPLEMENTED or self._unary is None:
+                raise
+            # The node has no stream (nothing of this request was applied).
+            if self._clock() >= self._unary_until_s:
+                log.warning("node_stream_unsupported", node=self._name, retry_in_s=STREAM_RETRY_S)
+            self._unary_until_s = self._clock() + STREAM_RETRY_S
+            return await self._send_unary(body, request, max(0.0, ends_s - self._clock()))
         finally:
             self._room.release()
         if reply.WhichOneof("body") == "error":
             raise BankError(errors.status_code(reply.error.code), reply.error.reason, reply.error.message)
         return reply
+
+    async def _send_unary(self, body: str, request: WriteRequest, timeout_s: float) -> ledger_pb2.WriteReply:
+        """The request as its unary call, answered in the stream's reply shape
+        and failing the same way (a BankError read from the call's status)."""
+        assert self._unary is not None
+        try:
+            response = await self._unary[body](request, timeout=timeout_s)
+        except grpc.RpcError as exc:
+            raise errors.from_rpc_error(exc) from None
+        if isinstance(response, ledger_pb2.TransfersResponse):
+            return ledger_pb2.WriteReply(transfers=response)
+        return ledger_pb2.WriteReply(legs=response)
 
     async def close(self) -> None:
         """End the stream; pending messages fail UNAVAILABLE. Sends after this fail."""
@@ -261,3 +298,8 @@ async def _requests(
 
 def _unavailable(message: str) -> BankError:
     return BankError(grpc.StatusCode.UNAVAILABLE, errors.SHARD_UNAVAILABLE, message)
+
+
+def unary_calls(stub: Any) -> dict[str, UnaryCall]:
+    """A LedgerNode stub's unary methods by the stream body they stand for."""
+    return {body: getattr(stub, rpc) for body, rpc in RPC_NAMES.items()}

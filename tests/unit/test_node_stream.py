@@ -229,3 +229,81 @@ async def _silent() -> None:
     assert broken.code == grpc.StatusCode.UNAVAILABLE
     closed = await refusal(stream.send(apply(deposit(1, 8)), 1.0))
     assert closed.code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_node_without_the_stream_is_served_by_its_unary_calls(tmp_path: Path) -> None:
+    asyncio.run(_without_stream(tmp_path))
+
+
+async def _without_stream(tmp_path: Path) -> None:
+    """A real node answering UNIMPLEMENTED for the stream (as an older node
+    would: the method it is asked for does not exist there): the request
+    goes as its unary call, the reply has the stream's shape, refusals read
+    the same, and the stream is not tried again until STREAM_RETRY_S."""
+    alice, bob = account(), account()
+    node = await started(tmp_path / "shard-1")
+    channel = grpc.aio.insecure_channel(node.address)
+    stub = ledger_pb2_grpc.LedgerNodeStub(channel)
+    missing = channel.stream_stream(
+        "/shardbank.v1.LedgerNode/NoSuchWriteStream",
+        request_serializer=ledger_pb2.WriteMessage.SerializeToString,
+        response_deserializer=ledger_pb2.WriteReply.FromString,
+    )
+    opens: list[int] = []
+
+    def open_missing(requests: AsyncIterator[ledger_pb2.WriteMessage]) -> object:
+        opens.append(1)
+        return missing(requests)
+
+    now = [1_000.0]
+    stream = NodeStream(open_missing, "shard-1", clock=lambda: now[0], unary=node_stream.unary_calls(stub))
+    try:
+        await stub.CreateAccounts(ledger_pb2.CreateAccountsRequest(accounts=[alice, bob]), timeout=DEADLINE_S)
+        funded = await stream.send(apply(deposit(alice.id, 10_000)), DEADLINE_S)
+        assert funded.transfers.transfers[0].status == types_pb2.TRANSFER_STATUS_COMMITTED
+        paid = await stream.send(apply(move(alice.id, bob.id, 2_500)), DEADLINE_S)
+        assert paid.transfers.transfers[0].status == types_pb2.TRANSFER_STATUS_COMMITTED
+        legs = await stream.send(
+            ledger_pb2.DecideRequest(
+                epoch=3, items=[ledger_pb2.DecideItem(transfer_id="none", decision=ledger_pb2.DECISION_ABORT)]
+            ),
+            DEADLINE_S,
+        )
+        assert legs.WhichOneof("body") == "legs"
+        empty = await refusal(stream.send(apply(), DEADLINE_S))
+        assert (empty.code, empty.reason) == (grpc.StatusCode.INVALID_ARGUMENT, errors.BATCH_EMPTY)
+        assert len(opens) == 1, "the stream is not retried at every send"
+        now[0] += node_stream.STREAM_RETRY_S
+        await stream.send(apply(move(alice.id, bob.id, 1)), DEADLINE_S)
+        assert len(opens) == 2, "the stream is tried again later (the node may have been upgraded)"
+        balances = await stub.GetAccounts(ledger_pb2.GetAccountsRequest(ids=[alice.id, bob.id]), timeout=5)
+        assert [r.account.balance for r in balances.results] == [7_499, 2_501]
+    finally:
+        await stream.close()
+        await channel.close()
+        await node.stop()
+
+
+def test_without_unary_calls_the_unimplemented_stream_is_the_answer() -> None:
+    async def run() -> None:
+        class Missing:
+            def __init__(self, requests: AsyncIterator[ledger_pb2.WriteMessage]) -> None:
+                pass
+
+            def __aiter__(self) -> Missing:
+                return self
+
+            async def __anext__(self) -> ledger_pb2.WriteReply:
+                raise grpc.aio.AioRpcError(
+                    grpc.StatusCode.UNIMPLEMENTED, grpc.aio.Metadata(), grpc.aio.Metadata(), "no such method"
+                )
+
+            def cancel(self) -> bool:
+                return True
+
+        stream = NodeStream(Missing, "shard-1")
+        refused = await refusal(stream.send(apply(deposit(6222020000000001, 1)), DEADLINE_S))
+        assert refused.code == grpc.StatusCode.UNIMPLEMENTED
+        await stream.close()
+
+    asyncio.run(run())
