@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2_grpc
 from gateway.http import limits
 from gateway.http.coalesce import TransferCoalescer
 from gateway.http.errors import INVALID_HEADER, REQUEST_ID_KEY, rpc_failure
-from gateway.http.local import LocalChannel
+from gateway.http.local import PEER_METADATA, LocalChannel
 from shardbank import errors
 from shardbank.v1 import bank_pb2_grpc, risk_pb2_grpc
 
@@ -85,11 +85,19 @@ def authorization_of(request: web.Request) -> str | None:
     return value
 
 
+def peer_of(request: web.Request) -> str:
+    """The HTTP client's address as the socket says (not a forwarded header),
+    for the audit records of what it does; empty when unknown."""
+    return request.remote or ""
+
+
 def call_metadata(request: web.Request) -> tuple[tuple[str, str], ...]:
     metadata: list[tuple[str, str]] = [("x-request-id", request[REQUEST_ID_KEY])]
     authorization = authorization_of(request)
     if authorization is not None:
         metadata.append(("authorization", authorization))
+    if peer := peer_of(request):
+        metadata.append((PEER_METADATA, peer))
     return tuple(metadata)
 
 

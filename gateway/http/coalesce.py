@@ -63,6 +63,7 @@ import structlog
 from gateway.auth.guard import MONEY_ACTIONS
 from gateway.auth.interceptor import COALESCED_REQUESTS_METADATA
 from gateway.http.errors import HttpError, broken_reply, rpc_failure
+from gateway.http.local import PEER_METADATA
 from shardbank import errors, ids
 from shardbank.v1 import bank_pb2, bank_pb2_grpc, types_pb2
 
@@ -93,7 +94,9 @@ ALONE_KINDS = frozenset(MONEY_ACTIONS)
 if not GROUP_ITEMS_MAX <= QUEUE_ITEMS_MAX:
     raise RuntimeError("a shared call must fit in a lane's queue")
 
-LaneKey = tuple[str | None, int]  # (Authorization value or None, TransferKind)
+# (Authorization value or None, the HTTP client's address, TransferKind): a
+# shared call has one caller and one peer in the audit records.
+LaneKey = tuple[str | None, str, int]
 
 
 @dataclass
@@ -143,23 +146,24 @@ class TransferCoalescer:
         self._calls: set[asyncio.Task[None]] = set()
 
     async def submit(
-        self, transfer: types_pb2.Transfer, authorization: str | None, request_id: str
+        self, transfer: types_pb2.Transfer, authorization: str | None, request_id: str, peer: str = ""
     ) -> types_pb2.Transfer:
         """The transfer's outcome, or the call's failure as a BankError.
 
         `authorization`: the request's header as checked by
-        `calls.authorization_of` (None when absent), forwarded unchanged.
+        `calls.authorization_of` (None when absent), forwarded unchanged;
+        `peer`: the client's address (`calls.peer_of`), for the audit records.
         """
         outcome: asyncio.Future[types_pb2.Transfer] = asyncio.get_running_loop().create_future()
         waiter = _Waiter(transfer, request_id, id_key(transfer.id), outcome)
         if transfer.kind in ALONE_KINDS:
-            return await self._alone(authorization, waiter)
-        key = (authorization, transfer.kind)
+            return await self._alone(authorization, peer, waiter)
+        key = (authorization, peer, transfer.kind)
         lane = self._lanes.get(key)
         if lane is None:
             lane = self._lanes[key] = _Lane()
         if waiter.id_key in lane.ids or len(lane.queue) >= QUEUE_ITEMS_MAX:
-            return await self._alone(authorization, waiter)
+            return await self._alone(authorization, peer, waiter)
         lane.queue.append(waiter)
         lane.ids.add(waiter.id_key)
         if not lane.flush_scheduled and lane.in_flight < CALLS_IN_FLIGHT_MAX:
@@ -173,10 +177,10 @@ class TransferCoalescer:
         if self._calls:
             await asyncio.gather(*self._calls, return_exceptions=True)
 
-    async def _alone(self, authorization: str | None, waiter: _Waiter) -> types_pb2.Transfer:
+    async def _alone(self, authorization: str | None, peer: str, waiter: _Waiter) -> types_pb2.Transfer:
         """A call of its own, with the request's own metadata (as before coalescing)."""
         try:
-            await self._call(authorization, [waiter])
+            await self._call(authorization, peer, [waiter])
         except BaseException:
             # This request is being cancelled: nobody will read the outcome
             # `_call` set, so mark it read (no "exception never retrieved").
@@ -207,17 +211,19 @@ class TransferCoalescer:
 
     async def _send(self, key: LaneKey, group: list[_Waiter]) -> None:
         try:
-            await self._call(key[0], group)
+            await self._call(key[0], key[1], group)
         finally:
             lane = self._lanes[key]
             lane.in_flight -= 1
             self._flush(key)
 
-    async def _call(self, authorization: str | None, group: list[_Waiter]) -> None:
+    async def _call(self, authorization: str | None, peer: str, group: list[_Waiter]) -> None:
         request_id = group[0].request_id if len(group) == 1 else uuid.uuid4().hex
         metadata: list[tuple[str, str]] = [("x-request-id", request_id)]
         if authorization is not None:
             metadata.append(("authorization", authorization))
+        if peer:
+            metadata.append((PEER_METADATA, peer))
         if len(group) > 1:
             metadata.append((COALESCED_REQUESTS_METADATA, str(len(group))))
             log.info(

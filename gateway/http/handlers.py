@@ -21,7 +21,7 @@ from aiohttp import web
 from google.protobuf import message
 
 from gateway.http import codec, limits
-from gateway.http.calls import COALESCER_KEY, authorization_of, call, upstream
+from gateway.http.calls import COALESCER_KEY, authorization_of, call, peer_of, upstream
 from gateway.http.errors import INVALID_HEADER, INVALID_QUERY, REQUEST_ID_KEY, broken_reply, item_error
 from gateway.http.transfer_json import TransferReader, transfer_json, transfers_json
 from shardbank import errors
@@ -217,7 +217,9 @@ def submit_one(kind: types_pb2.TransferKind.ValueType) -> Handler:
         transfer.id = transfer_id_of(request, transfer.id)
         transfer.kind = kind
         coalescer = request.app[COALESCER_KEY]
-        outcome = await coalescer.submit(transfer, authorization_of(request), request[REQUEST_ID_KEY])
+        outcome = await coalescer.submit(
+            transfer, authorization_of(request), request[REQUEST_ID_KEY], peer_of(request)
+        )
         return transfer_response(outcome)
 
     return handler

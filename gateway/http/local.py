@@ -53,9 +53,13 @@ log = structlog.get_logger("gateway.http")
 # Calls running at once, like the gRPC server's `maximum_concurrent_rpcs`:
 # in-process calls must not escape the bound every other caller has.
 CALLS_IN_FLIGHT_MAX = limits.CONCURRENT_RPCS_MAX
-# The peer a servicer sees (`context.peer()`, written into audit records): the
-# edge in this process, as the loopback address named it before.
+# The peer a servicer sees (`context.peer()`, written into audit records):
+# `http:<client address>` from the edge's PEER_METADATA (only the edge calls
+# this channel, and it sets that key itself from the socket, never from a
+# header); PEER when the edge could not tell.
 PEER = "local:http-edge"
+PEER_METADATA = "x-shardbank-http-peer"
+PEER_LENGTH_MAX = 64
 
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
 
@@ -107,6 +111,9 @@ class LocalContext:
         return self._metadata
 
     def peer(self) -> str:
+        for key, value in self._metadata:
+            if key == PEER_METADATA and value:
+                return f"http:{value[:PEER_LENGTH_MAX]}"
         return PEER
 
     async def abort(

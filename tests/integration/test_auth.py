@@ -237,7 +237,7 @@ def test_audit_records_privileged_actions_and_the_chain_verifies(cluster: LocalC
     assert records[0]["reason"] == "ACCOUNT_ALREADY_FROZEN"
     assert actions[1] == ("account.freeze", risk_id, "risk_officer", 0)
     assert actions[2][0] == "account.open" and actions[2][2] == "admin"
-    assert records[0]["peer"] and records[0]["request_id"]
+    assert records[0]["peer"] == "http:127.0.0.1" and records[0]["request_id"]  # the HTTP client
     created = http(cluster, "GET", "/v1/audit?action=key.create&page_size=1000", cluster.admin_token).body
     assert risk_id in {r["target"] for r in created["records"]}
     client = meta.connect(cluster.etcd_endpoint)
@@ -301,3 +301,13 @@ def test_teller_cash_movements_are_audited_service_ones_are_journalled(cluster: 
     assert service_id not in {r["actor_key_id"] for r in page["records"]}
     history = http(cluster, "GET", f"/v1/accounts/{account['id']}/transfers", cluster.admin_token).body
     assert sorted(int(e["transfer"]["amount"]) for e in history["entries"]) == [500, 700]
+
+
+def test_a_tellers_http_deposit_is_audited_with_the_http_clients_address(cluster: LocalCluster) -> None:
+    teller_id, teller = make_key(cluster, "teller")
+    account = open_account(cluster, teller)
+    body = {"id": str(uuid.uuid4()), "credit_account_id": account["id"], "amount": "5000", "currency": "CNY"}
+    assert http(cluster, "POST", "/v1/deposits", teller, body).status == 201
+    page = http(cluster, "GET", f"/v1/audit?target={account['id']}&page_size=10", cluster.admin_token).body
+    deposits = [r for r in page["records"] if r["action"] == "money.deposit"]
+    assert [(r["actor_key_id"], r["peer"]) for r in deposits] == [(teller_id, "http:127.0.0.1")]

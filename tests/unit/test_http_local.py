@@ -208,3 +208,23 @@ def test_the_auth_interceptor_binds_the_principal_and_refuses_like_on_the_server
     assert mapped.headers["Retry-After"] == mapped.metadata["retry_after_s"]
     assert ("retry-after", mapped.headers["Retry-After"]) in limited.trailing_metadata()
     assert len(seen) == burst, "refused calls never reach the servicer"
+
+
+def test_the_peer_is_the_http_client_the_edge_names() -> None:
+    """Audit records name the HTTP client's address (set by the edge from the
+    socket), bounded; without it, the edge itself."""
+    peers: list[str] = []
+
+    async def behavior(request: Any, context: Any) -> Any:
+        peers.append(context.peer())
+        return types_pb2.Account(id=7)
+
+    async def main() -> None:
+        stub = _stub(_channel(behavior))
+        for address in ("10.1.2.3", "x" * 100):
+            named = ((local.PEER_METADATA, address),)
+            await stub.GetAccount(bank_pb2.GetAccountRequest(account_id=7), timeout=3.0, metadata=named)
+        await stub.GetAccount(bank_pb2.GetAccountRequest(account_id=7), timeout=3.0)
+
+    asyncio.run(main())
+    assert peers == ["http:10.1.2.3", "http:" + "x" * local.PEER_LENGTH_MAX, local.PEER]
