@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2_grpc
 from gateway.http import limits
 from gateway.http.coalesce import TransferCoalescer
 from gateway.http.errors import INVALID_HEADER, REQUEST_ID_KEY, rpc_failure
-from gateway.http.local import PEER_METADATA, LocalChannel
+from gateway.http.local import LocalChannel, caller_metadata
 from shardbank import errors
 from shardbank.v1 import bank_pb2_grpc, risk_pb2_grpc
 
@@ -92,13 +92,7 @@ def peer_of(request: web.Request) -> str:
 
 
 def call_metadata(request: web.Request) -> tuple[tuple[str, str], ...]:
-    metadata: list[tuple[str, str]] = [("x-request-id", request[REQUEST_ID_KEY])]
-    authorization = authorization_of(request)
-    if authorization is not None:
-        metadata.append(("authorization", authorization))
-    if peer := peer_of(request):
-        metadata.append((PEER_METADATA, peer))
-    return tuple(metadata)
+    return caller_metadata(request[REQUEST_ID_KEY], authorization_of(request), peer_of(request))
 
 
 async def call(

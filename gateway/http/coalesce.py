@@ -63,7 +63,7 @@ import structlog
 from gateway.auth.guard import MONEY_ACTIONS
 from gateway.auth.interceptor import COALESCED_REQUESTS_METADATA
 from gateway.http.errors import HttpError, broken_reply, rpc_failure
-from gateway.http.local import PEER_METADATA
+from gateway.http.local import caller_metadata
 from shardbank import errors, ids
 from shardbank.v1 import bank_pb2, bank_pb2_grpc, types_pb2
 
@@ -219,11 +219,7 @@ class TransferCoalescer:
 
     async def _call(self, authorization: str | None, peer: str, group: list[_Waiter]) -> None:
         request_id = group[0].request_id if len(group) == 1 else uuid.uuid4().hex
-        metadata: list[tuple[str, str]] = [("x-request-id", request_id)]
-        if authorization is not None:
-            metadata.append(("authorization", authorization))
-        if peer:
-            metadata.append((PEER_METADATA, peer))
+        metadata = list(caller_metadata(request_id, authorization, peer))
         if len(group) > 1:
             metadata.append((COALESCED_REQUESTS_METADATA, str(len(group))))
             log.info(

@@ -61,6 +61,17 @@ PEER = "local:http-edge"
 PEER_METADATA = "x-shardbank-http-peer"
 PEER_LENGTH_MAX = 64
 
+def caller_metadata(request_id: str, authorization: str | None, peer: str) -> tuple[tuple[str, str], ...]:
+    """What every edge call carries: the request id, the caller's
+    `Authorization` unchanged (None: absent), and its address (empty: unknown)."""
+    metadata = [("x-request-id", request_id)]
+    if authorization is not None:
+        metadata.append(("authorization", authorization))
+    if peer:
+        metadata.append((PEER_METADATA, peer))
+    return tuple(metadata)
+
+
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
 
 
