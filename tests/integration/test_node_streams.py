@@ -45,12 +45,8 @@ FINAL = (types_pb2.TRANSFER_STATUS_COMMITTED, types_pb2.TRANSFER_STATUS_ABORTED)
 @pytest.fixture()
 def small_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
     # Risk check off: one payer sending fast would be held for review.
-    local = LocalCluster(tmp_path / "cluster", shards=2, coordinators=1, risk_config="")
-    try:
-        local.start()
+    with LocalCluster(tmp_path / "cluster", shards=2, coordinators=1, risk_config="") as local:
         yield local
-    finally:
-        local.stop()
 
 
 def test_node_killed_mid_stream_resends_move_money_once(small_cluster: LocalCluster) -> None:
@@ -136,11 +132,9 @@ def test_node_survives_callers_killed_mid_stream(tmp_path: Path) -> None:
     messages must not take the node down with it. It did: the stream handler's
     `finally` read `context.peer()` after grpc had freed the call, a segfault
     in cygrpc that killed both nodes in a chaos run when a leader was killed."""
-    node = LocalCluster(
+    with LocalCluster(
         tmp_path / "node", shards=1, coordinators=0, gateway=False, authenticate_services=False, metrics=False
-    )
-    try:
-        node.start()
+    ) as node:
         pid = node.pid("shard-1")
         for kill in range(CALLER_KILLS):
             caller = subprocess.Popen(
@@ -157,5 +151,3 @@ def test_node_survives_callers_killed_mid_stream(tmp_path: Path) -> None:
             time.sleep(0.1)
             assert running(pid), f"the node died when its caller was killed (kill {kill + 1})"
         assert node.pid("shard-1") == pid
-    finally:
-        node.stop()
