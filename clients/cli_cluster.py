@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 
 from clients import added_shards, cluster_status, render
-from clients.cluster_state import ClusterState, read_state, running
+from clients.cluster_state import ClusterState, ComponentRecord, read_state, running
 from clients.errors import ShardbankError
 from clients.local_cluster import LocalCluster
 from loadtest import bench
@@ -174,7 +174,14 @@ def _components(state: ClusterState | None, data_dir: Path) -> list[dict[str, An
     added_shards.json, not in the state file `up` wrote at start)."""
     if state is None:
         return []
-    rows = [
+    listed = {c.name for c in state.components}
+    added = [
+        ComponentRecord(a.name, added_shards.LEDGER_NODE, a.address, a.pid, a.argv,
+                        str(added_shards.log_path(data_dir, a.name)))
+        for a in added_shards.read(data_dir)
+        if a.name not in listed
+    ]  # fmt: skip
+    return [
         {
             "name": c.name,
             "kind": c.kind,
@@ -183,22 +190,8 @@ def _components(state: ClusterState | None, data_dir: Path) -> list[dict[str, An
             "state": "running" if running(c.pid, c.argv) else "stopped",
             "log": c.log,
         }
-        for c in state.components
+        for c in [*state.components, *added]
     ]
-    listed = {row["name"] for row in rows}
-    rows += [
-        {
-            "name": a.name,
-            "kind": added_shards.LEDGER_NODE,
-            "address": a.address,
-            "pid": a.pid,
-            "state": "running" if running(a.pid, a.argv) else "stopped",
-            "log": str(added_shards.log_path(data_dir, a.name)),
-        }
-        for a in added_shards.read(data_dir)
-        if a.name not in listed
-    ]
-    return rows
 
 
 def status_sources(args: argparse.Namespace) -> tuple[str, bytes]:
