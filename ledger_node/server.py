@@ -131,6 +131,8 @@ def _page_limit(given: int, most: int) -> int:
     if given > most:
         raise errors.invalid(errors.INVALID_PAGE_SIZE, f"limit must be 0..{most} (0 means {most})")
     return given or most
+
+
 def _slot_set(values: Any) -> set[int]:
     """The slots of a move request: 1..SLOT_COUNT of them, each in range."""
     chosen = {int(v) for v in values}
@@ -501,6 +503,7 @@ class LedgerNodeServicer(ledger_pb2_grpc.LedgerNodeServicer):
         return ledger_pb2.ListAccountsResponse(
             accounts=accounts, journal_seq=self._ledger.journal_seq, done=done
         )
+
     async def GetActivity(
         self, request: ledger_pb2.GetActivityRequest, context: Context
     ) -> ledger_pb2.GetActivityResponse:

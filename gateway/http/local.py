@@ -61,6 +61,7 @@ PEER = "local:http-edge"
 PEER_METADATA = "x-shardbank-http-peer"
 PEER_LENGTH_MAX = 64
 
+
 def caller_metadata(request_id: str, authorization: str | None, peer: str) -> tuple[tuple[str, str], ...]:
     """What every edge call carries: the request id, the caller's
     `Authorization` unchanged (None: absent), and its address (empty: unknown)."""

@@ -83,9 +83,7 @@ def test_a_seeded_day_through_the_gateway(day_cluster: LocalCluster) -> None:
     stored = {o.id: o for o in outcomes}
     velocity = [p for p in day.patterns if p.kind == synthetic_day.VELOCITY_BURST]
     for pattern in velocity:  # bursts are stopped, not just reported
-        assert any(
-            stored[t].reason in ("RISK_BLOCKED", "UNDER_REVIEW") for t in pattern.transfer_ids
-        )
+        assert any(stored[t].reason in ("RISK_BLOCKED", "UNDER_REVIEW") for t in pattern.transfer_ids)
 
 
 def open_real(bank: BankClient, account_type: int) -> int:
