@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import grpc
 
 from ledger_node import keys
-from ledger_node.state import AccountState
+from ledger_node.state import CUSTOMER_ID_LENGTH_MAX, AccountState
 from ledger_node.store import Store
 from shardbank import activity, errors, limits
 from shardbank.errors import BankError
@@ -88,6 +88,7 @@ class RiskActivity:
         return ledger_pb2.GetActivityResponse(
             summaries=[self._summary(q, request, owns, now_ms) for q in request.queries],
             now_unix_ms=now_ms,
+            customers=[self._customer_total(c, owns, now_ms) for c in request.customer_ids],
         )
 
     def _summary(
@@ -113,34 +114,71 @@ class RiskActivity:
         )
         customer_id = account.holder().customer_id
         out = activity.summary_message(account_id, account.type, customer_id, account.created_at_ms, found)
-        out.customer_out_24h.CopyFrom(self._customer_out(customer_id, account_id, found, now_ms))
+        out.customer_out_24h.CopyFrom(self._customer_out(customer_id, account_id, found, owns, now_ms))
         return out
 
     def _customer_out(
-        self, customer_id: str, account_id: int, own: activity.Summary, now_ms: int
+        self,
+        customer_id: str,
+        account_id: int,
+        own: activity.Summary,
+        owns: Callable[[int], bool],
+        now_ms: int,
     ) -> ledger_pb2.WindowTotals:
-        """The customer's money out in 24 h over its accounts on this shard."""
+        """The customer's money out in 24 h over its accounts this shard owns."""
         total = ledger_pb2.WindowTotals(count=own.out[2].count, amount=own.out[2].amount)
         if not customer_id:
             return total
+        self._add_out_24h(total, customer_id, owns, now_ms, skip=account_id)
+        return total
+
+    def _customer_total(
+        self, customer_id: str, owns: Callable[[int], bool], now_ms: int
+    ) -> ledger_pb2.CustomerTotal:
+        """One `GetActivityRequest.customer_ids` answer. Owned accounts only:
+        a staged copy (a move's target before the flip) or a released one is
+        the other shard's to count, so the gateway's sum counts each once."""
+        total = ledger_pb2.CustomerTotal(customer_id=customer_id)
+        total.truncated = self._add_out_24h(total.out_24h, customer_id, owns, now_ms, skip=0)
+        return total
+
+    def _add_out_24h(
+        self,
+        total: ledger_pb2.WindowTotals,
+        customer_id: str,
+        owns: Callable[[int], bool],
+        now_ms: int,
+        skip: int,
+    ) -> bool:
+        """Add the 24 h money out of the customer's owned accounts (but `skip`)
+        to `total`; True if one of them kept fewer postings than it had."""
+        truncated = False
         for other in self._accounts_of(customer_id):
-            if other == account_id:
+            if other == skip or not owns(other):
                 continue
             window = self.index.get(other, now_ms)
             window.advance(now_ms)
             total.count += window.windows[-1].out.count
             total.amount += window.windows[-1].out.amount
-        return total
+            truncated |= window.truncated
+        return truncated
 
 
 def check_request(request: ledger_pb2.GetActivityRequest) -> None:
-    count = len(request.queries)
-    if count == 0:
-        raise errors.invalid(errors.BATCH_EMPTY, "no queries")
-    if count > limits.BATCH_ITEMS_MAX:
+    count, customers = len(request.queries), len(request.customer_ids)
+    if count == 0 and customers == 0:
+        raise errors.invalid(errors.BATCH_EMPTY, "no queries and no customer ids")
+    if count > limits.BATCH_ITEMS_MAX or customers > limits.BATCH_ITEMS_MAX:
         raise BankError(
-            grpc.StatusCode.RESOURCE_EXHAUSTED, errors.BATCH_TOO_LARGE, f"at most {limits.BATCH_ITEMS_MAX}"
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            errors.BATCH_TOO_LARGE,
+            f"at most {limits.BATCH_ITEMS_MAX} queries and {limits.BATCH_ITEMS_MAX} customer ids",
         )
+    for customer_id in request.customer_ids:
+        if not 0 < len(customer_id) <= CUSTOMER_ID_LENGTH_MAX:
+            raise errors.invalid(
+                errors.INVALID_ARGUMENT, f"a customer id must be 1..{CUSTOMER_ID_LENGTH_MAX} characters"
+            )
     if not 0 <= request.dormancy_ms <= DORMANCY_MS_MAX:
         raise errors.invalid(errors.INVALID_ARGUMENT, f"dormancy_ms must be 0..{DORMANCY_MS_MAX}")
     if request.near_amount_low < 0 or request.near_amount_high < 0:

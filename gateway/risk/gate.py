@@ -71,6 +71,12 @@ class BatchView:
     def __init__(self, found: dict[Query, Found], config: RiskConfig) -> None:
         self._found = found
         self._accounts: dict[int, AccountActivity] = {q[0]: f.account for q, f in found.items()}
+        # Every account object of a customer (one per query): a payment out of
+        # one adds to the daily total all of them see.
+        self._of_customer: dict[str, list[AccountActivity]] = {}
+        for found_one in found.values():
+            if found_one.account.customer_id:
+                self._of_customer.setdefault(found_one.account.customer_id, []).append(found_one.account)
         self._band = config.near_band()
 
     def features(self, transfer: types_pb2.Transfer, now_ms: int) -> Features:
@@ -91,6 +97,9 @@ class BatchView:
         debit = self._accounts.get(transfer.debit_account_id)
         if debit is not None:
             debit.paid_out(transfer.amount, transfer.credit_account_id, low <= transfer.amount < high)
+            for other in self._of_customer.get(debit.customer_id, ()):
+                if other is not debit:
+                    other.customer_out_24h = other.customer_out_24h.plus(transfer.amount)
         credit = self._accounts.get(transfer.credit_account_id)
         if credit is not None:
             credit.paid_in(transfer.amount, transfer.debit_account_id)

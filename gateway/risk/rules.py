@@ -69,8 +69,8 @@ def _window_name(rule: Rule) -> str:
 
 
 def customer_daily_limit(f: Features, rule: Rule, config: RiskConfig) -> bool:
-    """The customer's money out over 24 h (its accounts on the debit account's
-    shard) would pass limit_minor."""
+    """The customer's money out over 24 h (its accounts on every shard,
+    summed by `gateway.risk.state`) would pass limit_minor."""
     payer = _payer(f)
     if payer is None:
         return False

@@ -2,6 +2,12 @@
 per shard involved in a batch. Risk state therefore lives with the books:
 durable, shared by every gateway, rebuilt by nothing.
 
+A customer's daily total is summed over every shard: each shard reports the
+money out of the customer's accounts it owns (`customer_ids`), and a
+customer's accounts sit on several shards. The customers of accounts seen
+before are asked in the same calls as the accounts (every shard gets one);
+an account seen for the first time costs one more round for its customer.
+
 `MemoryActivity` answers the same questions in-process from the same window
 code (shardbank.activity) over a simulated clock: the synthetic-day
 evaluation uses it to score hundreds of thousands of transfers in seconds.
@@ -20,7 +26,7 @@ import structlog
 
 from gateway.dispatch import Budget
 from gateway.risk.config import RiskConfig
-from gateway.risk.features import AccountActivity, from_summary
+from gateway.risk.features import AccountActivity, Window, from_summary
 from gateway.routing import shard
 from gateway.upstream import Cluster, downstream_error
 from shardbank import activity, errors, limits
@@ -30,6 +36,9 @@ log = structlog.get_logger("gateway.risk")
 
 # (account id, counterparty id or 0)
 Query = tuple[int, int]
+# Account -> customer ids remembered (a customer id never changes: it is not
+# among the contact details an update may set); oldest forgotten first.
+CUSTOMERS_KNOWN_MAX = 200_000
 
 
 @dataclass(frozen=True)
@@ -47,26 +56,52 @@ class Fetched:
     found: dict[Query, Found] = field(default_factory=dict)
     # Accounts whose shard did not answer (their transfers cannot be checked).
     unavailable: set[int] = field(default_factory=set)
+    # customer id -> shard id -> money out in 24 h over the accounts it owns.
+    customer_totals: dict[str, dict[str, ledger_pb2.WindowTotals]] = field(default_factory=dict)
 
 
 class ActivitySource(Protocol):
     async def fetch(self, queries: Iterable[Query], config: RiskConfig, budget: Budget) -> Fetched: ...
 
 
-def request_for(queries: list[Query], config: RiskConfig) -> ledger_pb2.GetActivityRequest:
+def request_for(
+    queries: list[Query], config: RiskConfig, customers: list[str] | None = None
+) -> ledger_pb2.GetActivityRequest:
     low, high = config.near_band()
     return ledger_pb2.GetActivityRequest(
         queries=[ledger_pb2.ActivityQuery(account_id=a, counterparty_id=c) for a, c in queries],
         dormancy_ms=config.dormancy_ms,
         near_amount_low=low,
         near_amount_high=high,
+        customer_ids=customers or [],
     )
+
+
+# One shard's answer to a caller: the summaries of its queries and the
+# totals of its customers, each in order; None if the shard did not answer.
+Answer = tuple[list[ledger_pb2.ActivitySummary], list[ledger_pb2.CustomerTotal]] | None
 
 
 @dataclass(eq=False)
 class _Waiting:
     queries: list[Query]
-    future: asyncio.Future[list[ledger_pb2.ActivitySummary] | None]
+    customers: list[str]
+    future: asyncio.Future[Answer]
+
+
+def sum_customer_totals(fetched: Fetched, shard_ids: list[str]) -> None:
+    """Replace each found account's `customer_out_24h` (its own shard's part)
+    by the sum over `shard_ids`. A shard that did not answer leaves the sum a
+    lower bound, and never below the part the account's shard reported."""
+    for found in fetched.found.values():
+        account = found.account
+        parts = fetched.customer_totals.get(account.customer_id)
+        if not account.customer_id or parts is None:
+            continue
+        count = sum(parts[s].count for s in shard_ids if s in parts)
+        amount = sum(parts[s].amount for s in shard_ids if s in parts)
+        if amount > account.customer_out_24h.amount:
+            account.customer_out_24h = Window(count, amount)
 
 
 class ShardActivity:
@@ -82,51 +117,87 @@ class ShardActivity:
         self._cluster = cluster
         self._waiting: dict[str, list[_Waiting]] = {}
         self._flushes: set[asyncio.Task[None]] = set()
+        self._customer_of: dict[int, str] = {}
 
     async def fetch(self, queries: Iterable[Query], config: RiskConfig, budget: Budget) -> Fetched:
         fetched = Fetched()
         pending = sorted(set(queries))
+        known = {c for a, _ in pending if (c := self._customer_of.get(a))}
+        customers = sorted(known)
         for attempt in range(2):
-            moved = await self._round(pending, config, budget, fetched)
+            moved = await self._round(pending, customers, config, budget, fetched)
+            customers = []
             if not moved or attempt == 1:
                 fetched.unavailable |= {account for account, _ in moved}
                 break
             await self._cluster.refresh_map()
             pending = moved
+        self._remember(fetched)
+        learned = sorted({f.account.customer_id for f in fetched.found.values()} - known - {""})
+        if learned:
+            await self._round([], learned, config, budget, fetched)
+        sum_customer_totals(fetched, self._all_shards())
         return fetched
 
+    def _remember(self, fetched: Fetched) -> None:
+        for found in fetched.found.values():
+            account = found.account
+            if account.customer_id and account.account_id not in self._customer_of:
+                self._customer_of[account.account_id] = account.customer_id
+                if len(self._customer_of) > CUSTOMERS_KNOWN_MAX:
+                    del self._customer_of[next(iter(self._customer_of))]
+
+    def _all_shards(self) -> list[str]:
+        return self._cluster.slot_map.shard_ids() if self._cluster.has_slot_map() else []
+
     async def _round(
-        self, queries: list[Query], config: RiskConfig, budget: Budget, fetched: Fetched
+        self,
+        queries: list[Query],
+        customers: list[str],
+        config: RiskConfig,
+        budget: Budget,
+        fetched: Fetched,
     ) -> list[Query]:
+        """Ask each account's shard about it, and every shard about `customers`."""
         by_shard: dict[str, list[Query]] = defaultdict(list)
         for query in queries:
             try:
                 by_shard[self._cluster.owner(query[0])].append(query)
             except errors.BankError:
                 fetched.unavailable.add(query[0])
+        if customers:
+            for shard_id in self._all_shards():
+                by_shard.setdefault(shard_id, [])
         shard_ids = list(by_shard)
         replies = await asyncio.gather(
-            *(self._ask(s, by_shard[s], config, budget) for s in shard_ids), return_exceptions=False
+            *(self._ask(s, by_shard[s], customers, config, budget) for s in shard_ids),
+            return_exceptions=False,
         )
         moved: list[Query] = []
         for shard_id, reply in zip(shard_ids, replies, strict=True):
             asked = by_shard[shard_id]
-            if reply is None or len(reply) != len(asked):
+            if reply is None or len(reply[0]) != len(asked) or len(reply[1]) != len(customers):
                 fetched.unavailable |= {account for account, _ in asked}
+                if customers:
+                    log.warning("risk_customer_totals_partial", shard_id=shard_id, customers=len(customers))
                 continue
-            for query, summary in zip(asked, reply, strict=True):
+            summaries, totals = reply
+            for query, summary in zip(asked, summaries, strict=True):
                 if summary.code == 0:
                     fetched.found[query] = Found(from_summary(summary), summary.counterparty_known)
                 elif summary.reason == errors.SLOT_MOVED:
                     moved.append(query)
+            for total in totals:
+                fetched.customer_totals.setdefault(total.customer_id, {})[shard_id] = total.out_24h
         return moved
 
     async def _ask(
-        self, shard_id: str, queries: list[Query], config: RiskConfig, budget: Budget
-    ) -> list[ledger_pb2.ActivitySummary] | None:
-        """The summaries of `queries` in order, or None if the shard did not answer."""
+        self, shard_id: str, queries: list[Query], customers: list[str], config: RiskConfig, budget: Budget
+    ) -> Answer:
+        """The summaries of `queries` and totals of `customers` in order, or
+        None if the shard did not answer."""
         loop = asyncio.get_running_loop()
-        waiting = _Waiting(queries, loop.create_future())
+        waiting = _Waiting(queries, customers, loop.create_future())
         queue = self._waiting.get(shard_id)
         if queue is None:
             self._waiting[shard_id] = queue = []
@@ -142,32 +213,42 @@ class ShardActivity:
     async def _flush(self, shard_id: str, config: RiskConfig, timeout_s: float) -> None:
         batch = self._waiting.pop(shard_id, [])
         answers: dict[Query, ledger_pb2.ActivitySummary] = {}
+        totals: dict[str, ledger_pb2.CustomerTotal] = {}
         try:
             unique = list(dict.fromkeys(q for waiting in batch for q in waiting.queries))
+            customers = list(dict.fromkeys(c for waiting in batch for c in waiting.customers))
             size = limits.BATCH_ITEMS_MAX
-            chunks = [unique[i : i + size] for i in range(0, len(unique), size)]
+            chunks = [
+                (unique[i : i + size], customers[i : i + size])
+                for i in range(0, max(len(unique), len(customers)), size)
+            ]
             replies = await asyncio.gather(
-                *(self._call(shard_id, chunk, config, timeout_s) for chunk in chunks)
+                *(self._call(shard_id, queries, names, config, timeout_s) for queries, names in chunks)
             )
-            for chunk, reply in zip(chunks, replies, strict=True):
-                if reply is not None and len(reply.summaries) == len(chunk):
-                    answers.update(zip(chunk, reply.summaries, strict=True))
+            for (queries, names), reply in zip(chunks, replies, strict=True):
+                shape = None if reply is None else (len(reply.summaries), len(reply.customers))
+                if reply is None or shape != (len(queries), len(names)):
+                    continue
+                answers.update(zip(queries, reply.summaries, strict=True))
+                totals.update(zip(names, reply.customers, strict=True))
         finally:  # every waiting caller gets an answer, whatever happened
             for waiting in batch:
                 if waiting.future.done():  # its caller gave up
                     continue
-                if all(q in answers for q in waiting.queries):
-                    waiting.future.set_result([answers[q] for q in waiting.queries])
+                if all(q in answers for q in waiting.queries) and all(c in totals for c in waiting.customers):
+                    waiting.future.set_result(
+                        ([answers[q] for q in waiting.queries], [totals[c] for c in waiting.customers])
+                    )
                 else:
                     waiting.future.set_result(None)
 
     async def _call(
-        self, shard_id: str, queries: list[Query], config: RiskConfig, timeout_s: float
+        self, shard_id: str, queries: list[Query], customers: list[str], config: RiskConfig, timeout_s: float
     ) -> ledger_pb2.GetActivityResponse | None:
         try:
             node = self._cluster.node(shard_id)
             reply: ledger_pb2.GetActivityResponse = await node.GetActivity(
-                request_for(queries, config), timeout=timeout_s
+                request_for(queries, config, customers), timeout=timeout_s
             )
             return reply
         except grpc.RpcError as exc:

@@ -7,11 +7,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import grpc
+import pytest
 
 from ledger_node import keys
-from ledger_node.risk_activity import RiskActivity
+from ledger_node.risk_activity import RiskActivity, check_request
 from ledger_node.testing import MemoryLedger, account, deposit, move
-from shardbank import activity
+from shardbank import activity, limits
+from shardbank.errors import BankError
 from shardbank.v1 import ledger_pb2, types_pb2
 
 BLOCK = types_pb2.RISK_DECISION_BLOCK
@@ -120,6 +122,64 @@ def test_get_activity_answers_from_the_history_index() -> None:
     assert unknown.reason == "ACCOUNT_NOT_FOUND"
     moved = risk.answer(request, lambda account_id: account_id != b.id, node.now_ms + 1)
     assert moved.summaries[1].reason == "SLOT_MOVED"
+
+
+def test_customer_totals_count_the_accounts_this_shard_owns() -> None:
+    """`customer_ids`: the money out in 24 h of a customer's accounts here,
+    owned ones only (a staged copy is the other shard's to count), zero for a
+    customer with no account here; the summary's customer part agrees."""
+    node = MemoryLedger()
+    first, second, payee = account(), account(), account()
+    for opened in (first, second):
+        opened.holder.customer_id = "cust-alice"
+    node.open(first, second, payee)
+    node.transfers(
+        deposit(first.id, 10_000),
+        deposit(second.id, 10_000),
+        move(first.id, payee.id, 700),
+        move(second.id, payee.id, 500),
+    )
+    risk = RiskActivity(node.ledger.accounts, lambda i: memory_history(node, i), accounts_max=0)
+    request = ledger_pb2.GetActivityRequest(
+        queries=[ledger_pb2.ActivityQuery(account_id=first.id)], customer_ids=["cust-alice", "cust-nobody"]
+    )
+    answer = risk.answer(request, lambda _: True, node.now_ms + 1)
+    alice, nobody = answer.customers
+    assert (alice.customer_id, alice.out_24h.count, alice.out_24h.amount) == ("cust-alice", 2, 1_200)
+    assert (nobody.customer_id, nobody.out_24h.amount) == ("cust-nobody", 0)
+    assert answer.summaries[0].customer_out_24h.amount == 1_200
+    staged = risk.answer(request, lambda account_id: account_id != second.id, node.now_ms + 1)
+    assert staged.customers[0].out_24h.amount == 700
+    assert staged.summaries[0].customer_out_24h.amount == 700
+
+
+@pytest.mark.parametrize(
+    ("request_", "code", "reason"),
+    [
+        (ledger_pb2.GetActivityRequest(), grpc.StatusCode.INVALID_ARGUMENT, "BATCH_EMPTY"),
+        (
+            ledger_pb2.GetActivityRequest(customer_ids=[""]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_ARGUMENT",
+        ),
+        (
+            ledger_pb2.GetActivityRequest(customer_ids=["c" * 65]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_ARGUMENT",
+        ),
+        (
+            ledger_pb2.GetActivityRequest(customer_ids=["c"] * (limits.BATCH_ITEMS_MAX + 1)),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "BATCH_TOO_LARGE",
+        ),
+    ],
+)
+def test_get_activity_refuses_bad_customer_ids(
+    request_: ledger_pb2.GetActivityRequest, code: grpc.StatusCode, reason: str
+) -> None:
+    with pytest.raises(BankError) as refused:
+        check_request(request_)
+    assert (refused.value.code, refused.value.reason) == (code, reason)
 
 
 def test_prefix_end_carries_over_0xff() -> None:

@@ -13,9 +13,10 @@ import pytest
 
 from gateway.dispatch import Budget
 from gateway.risk import config, engine
-from gateway.risk.gate import RiskGate, assess_batch
+from gateway.risk.features import AccountActivity
+from gateway.risk.gate import BatchView, RiskGate, assess_batch, queries_of
 from gateway.risk.review import RefuseReview
-from gateway.risk.state import Fetched, MemoryActivity, ShardActivity
+from gateway.risk.state import Fetched, Found, MemoryActivity, ShardActivity
 from shardbank.errors import BankError
 from shardbank.v1 import ledger_pb2, types_pb2
 
@@ -193,29 +194,57 @@ class FakeNode:
         self._cluster = cluster
 
     async def GetActivity(self, request: Any, timeout: float) -> Any:
-        self._cluster.calls.append((self._shard_id, [q.account_id for q in request.queries]))
-        if self._shard_id in self._cluster.down:
+        cluster = self._cluster
+        if request.queries:
+            cluster.calls.append((self._shard_id, [q.account_id for q in request.queries]))
+        if request.customer_ids:
+            cluster.customer_calls.append((self._shard_id, list(request.customer_ids)))
+        if self._shard_id in cluster.down:
             raise BankError(grpc.StatusCode.UNAVAILABLE, "SHARD_UNAVAILABLE", "down")
         summaries = []
         for query in request.queries:
-            moved = self._cluster.moved_once.pop(query.account_id, False)
+            moved = cluster.moved_once.pop(query.account_id, False)
+            customer = cluster.customer_of.get(query.account_id, self._shard_id)
+            own_part = ledger_pb2.WindowTotals(count=1, amount=cluster.out.get((self._shard_id, customer), 0))
             summaries.append(
                 ledger_pb2.ActivitySummary(account_id=query.account_id, code=10, reason="SLOT_MOVED")
                 if moved
-                else ledger_pb2.ActivitySummary(account_id=query.account_id, customer_id=self._shard_id)
+                else ledger_pb2.ActivitySummary(
+                    account_id=query.account_id, customer_id=customer, customer_out_24h=own_part
+                )
             )
-        if self._shard_id in self._cluster.short:
+        if self._shard_id in cluster.short:
             summaries = summaries[:-1]
-        return ledger_pb2.GetActivityResponse(summaries=summaries)
+        totals = [
+            ledger_pb2.CustomerTotal(
+                customer_id=c,
+                out_24h=ledger_pb2.WindowTotals(count=1, amount=cluster.out.get((self._shard_id, c), 0)),
+            )
+            for c in request.customer_ids
+        ]
+        return ledger_pb2.GetActivityResponse(summaries=summaries, customers=totals)
+
+
+class FakeSlotMap:
+    def shard_ids(self) -> list[str]:
+        return ["shard-1", "shard-2"]
 
 
 class FakeCluster:
     def __init__(self) -> None:
         self.calls: list[tuple[str, list[int]]] = []
+        self.customer_calls: list[tuple[str, list[str]]] = []
         self.down: set[str] = set()
         self.short: set[str] = set()
         self.moved_once: dict[int, bool] = {}
         self.refreshed = 0
+        # account -> customer (default: the shard id); (shard, customer) -> money out in 24 h
+        self.customer_of: dict[int, str] = {}
+        self.out: dict[tuple[str, str], int] = {}
+        self.slot_map = FakeSlotMap()
+
+    def has_slot_map(self) -> bool:
+        return True
 
     def owner(self, account_id: int) -> str:
         return f"shard-{account_id % 2 + 1}"
@@ -259,6 +288,85 @@ def test_concurrent_requests_share_one_call_per_shard() -> None:
     first, second = asyncio.run(both())
     assert sorted(cluster.calls) == [("shard-1", [10, 12]), ("shard-2", [11])]
     assert set(first.found) == {(10, 11), (11, 0)} and set(second.found) == {(12, 0), (11, 0)}
+
+
+def test_a_customers_daily_total_is_summed_over_every_shard() -> None:
+    """Alice has account 10 on shard-1 and account 11 on shard-2: paying out
+    of 10 counts what 11 paid today too. The first fetch learns 10's customer
+    and asks both shards in a second round; later ones ask in the same calls."""
+    cluster = FakeCluster()
+    cluster.customer_of = {10: "alice", 11: "alice"}
+    cluster.out = {("shard-1", "alice"): 700, ("shard-2", "alice"): 500}
+    source = ShardActivity(cluster)  # type: ignore[arg-type]
+
+    fetched = asyncio.run(source.fetch([(10, 99)], Holder.current, Budget(5.0)))
+    assert fetched.found[(10, 99)].account.customer_out_24h.amount == 1200
+    assert cluster.calls == [("shard-1", [10])]
+    assert sorted(cluster.customer_calls) == [("shard-1", ["alice"]), ("shard-2", ["alice"])]
+
+    cluster.calls.clear()
+    cluster.customer_calls.clear()
+    fetched = asyncio.run(source.fetch([(10, 99)], Holder.current, Budget(5.0)))
+    assert fetched.found[(10, 99)].account.customer_out_24h.amount == 1200
+    assert cluster.calls == [("shard-1", [10])]  # one round: the customer rode along
+    assert sorted(cluster.customer_calls) == [("shard-1", ["alice"]), ("shard-2", ["alice"])]
+
+    # A shard that does not answer leaves a lower bound: never below the
+    # account's own shard, and the account itself is still checked.
+    cluster.down = {"shard-2"}
+    fetched = asyncio.run(source.fetch([(10, 99)], Holder.current, Budget(5.0)))
+    assert fetched.found[(10, 99)].account.customer_out_24h.amount == 700
+    assert fetched.unavailable == set()
+
+
+DAILY_LIMIT = config.parse(
+    """
+[bands]
+review_score = 50
+block_score = 100
+[rules.customer_daily_limit]
+weight = 50
+limit_minor = 1_250
+"""
+)
+
+
+def test_the_customer_daily_limit_counts_the_customers_other_shards() -> None:
+    """700 out of alice's shard-1 account and 500 out of her shard-2 account
+    today: a payment of 60 passes her limit of 1,250 only when both shards'
+    parts are counted (before, only the debit shard's 700 was)."""
+    cluster = FakeCluster()
+    cluster.customer_of = {10: "alice", 11: "alice"}
+    cluster.out = {("shard-1", "alice"): 700, ("shard-2", "alice"): 500}
+    transfer = types_pb2.Transfer(
+        id="t-alice",
+        kind=types_pb2.TRANSFER_KIND_TRANSFER,
+        debit_account_id=10,
+        credit_account_id=99,
+        amount=60,
+        currency="CNY",
+    )
+
+    def rules_fired() -> tuple[str, ...]:
+        source = ShardActivity(cluster)  # type: ignore[arg-type]
+        fetched = asyncio.run(source.fetch(queries_of(transfer), DAILY_LIMIT, Budget(5.0)))
+        (assessment,) = assess_batch([transfer], fetched.found, DAILY_LIMIT, NOW_MS)
+        return assessment.rules
+
+    assert rules_fired() == ("customer_daily_limit",)
+    del cluster.out[("shard-2", "alice")]
+    assert rules_fired() == ()
+
+
+def test_a_batch_adds_each_payment_to_the_customers_other_accounts() -> None:
+    """Two accounts of one customer pay out in one batch: the second sees the
+    first's amount in the customer's daily total."""
+    alice_1 = AccountActivity(account_id=10, customer_id="alice")
+    alice_2 = AccountActivity(account_id=12, customer_id="alice")
+    found = {(10, 0): Found(alice_1, False), (12, 0): Found(alice_2, False)}
+    view = BatchView(found, Holder.current)
+    view.moved(types_pb2.Transfer(kind=types_pb2.TRANSFER_KIND_WITHDRAWAL, debit_account_id=10, amount=300))
+    assert alice_1.customer_out_24h.amount == 300 and alice_2.customer_out_24h.amount == 300
 
 
 def test_alerts_are_written_before_the_transfers_are_routed() -> None:
