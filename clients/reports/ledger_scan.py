@@ -13,7 +13,9 @@ of the report for today). Every shard is cut at the same instant, so a
 cross-shard transfer is on both sides of the cut consistently (its debit
 commits before its credit finishes) and the books balance across shards
 once transfers committed at the record holder but not yet finished at the
-credit shard are counted as in flight (as `shardbank verify` does).
+credit shard are counted as in flight (as `shardbank verify` does), and an
+account or record a slot move has copied to a second shard is counted once
+(`books`).
 """
 
 from __future__ import annotations
@@ -26,13 +28,15 @@ from dataclasses import dataclass, field
 from clients.reports.day import DayWindow
 from clients.reports.journal_reader import ShardReader
 from clients.reports.model import DayTransfer, Party
-from ledger_node.replay import Corrupt, JournalReplay, ShardBooks, account_mismatch, trial_balance
+from ledger_node.replay import MOVE_KINDS, Corrupt, JournalReplay, ShardBooks, account_mismatch, trial_balance
 from shardbank.v1 import ledger_pb2, types_pb2
 
 DEBIT = types_pb2.LEG_ROLE_DEBIT
 CREDIT = types_pb2.LEG_ROLE_CREDIT
 # Discrepancy lines kept per shard; past it one line says how many more.
 DISCREPANCIES_PER_SHARD_MAX = 200
+# An account the shard never imported: older than any import.
+NEVER = (-1, "", 0)
 
 
 @dataclass
@@ -43,6 +47,13 @@ class Cut:
     # transfer id -> leg state at the cut
     debit_records: dict[str, int] = field(default_factory=dict)
     credit_legs: dict[str, tuple[int, str, int]] = field(default_factory=dict)
+    # Slot moves: every account held at the cut, and the copies imported from
+    # another shard (account -> (imported at, currency, balance); record
+    # (role, transfer id) -> imported at). Mid-move two shards hold the same
+    # account or record; `books` counts the older holder's copy only.
+    account_ids: frozenset[int] = frozenset()
+    imported_accounts: dict[int, tuple[int, str, int]] = field(default_factory=dict)
+    imported_records: dict[tuple[int, str], int] = field(default_factory=dict)
 
 
 @dataclass
@@ -74,6 +85,9 @@ class _Scanner:
         self.cut_taken = False
         self.credit_bodies: dict[str, tuple[str, int]] = {}
         self.opened_at: dict[int, int] = {}
+        # Copies imported by slot moves and not released: key -> imported at.
+        self.imported_accounts: dict[int, int] = {}
+        self.imported_records: dict[tuple[int, str], int] = {}
 
     def feed(self, stored: ledger_pb2.StoredJournalEntry) -> None:
         entry = self.replay.check(stored.seq, stored.hash, stored.entry)
@@ -86,10 +100,25 @@ class _Scanner:
             self.opened_at.setdefault(entry.account.id, entry.seq)
         elif entry.role == CREDIT and kind == types_pb2.JOURNAL_KIND_LEG_PREPARED:
             self.credit_bodies[entry.transfer.id] = (entry.transfer.currency, entry.transfer.amount)
+        elif kind in MOVE_KINDS:
+            self._moved(entry)
         posted = kind == types_pb2.JOURNAL_KIND_TRANSFER_POSTED
         committed = kind == types_pb2.JOURNAL_KIND_LEG_COMMITTED and entry.role == DEBIT
         if (posted or committed) and self.window.contains(entry.at_unix_ms):
             self.result.transfers.append(self._day_transfer(entry, cross_shard=committed))
+
+    def _moved(self, entry: types_pb2.JournalEntry) -> None:
+        kind = entry.kind
+        if kind == types_pb2.JOURNAL_KIND_ACCOUNT_IMPORTED:
+            self.imported_accounts[entry.account.id] = entry.at_unix_ms
+        elif kind == types_pb2.JOURNAL_KIND_ACCOUNT_RELEASED:
+            self.imported_accounts.pop(entry.account_id, None)
+        elif kind == types_pb2.JOURNAL_KIND_RECORD_IMPORTED:
+            self.imported_records[(entry.role, entry.transfer.id)] = entry.at_unix_ms
+            if entry.role == CREDIT:  # an in-flight credit leg's amount, for the books
+                self.credit_bodies[entry.transfer.id] = (entry.transfer.currency, entry.transfer.amount)
+        elif kind == types_pb2.JOURNAL_KIND_RECORD_RELEASED:
+            self.imported_records.pop((entry.role, entry.transfer.id), None)
 
     def _day_transfer(self, entry: types_pb2.JournalEntry, cross_shard: bool) -> DayTransfer:
         transfer = entry.transfer
@@ -116,6 +145,14 @@ class _Scanner:
             elif role == CREDIT:
                 currency, amount = self.credit_bodies.get(transfer_id, ("", 0))
                 cut.credit_legs[transfer_id] = (state, currency, amount)
+        accounts = self.replay.accounts
+        cut.account_ids = frozenset(accounts)
+        cut.imported_accounts = {
+            account_id: (at_ms, accounts[account_id].currency, accounts[account_id].balance)
+            for account_id, at_ms in self.imported_accounts.items()
+            if account_id in accounts
+        }
+        cut.imported_records = dict(self.imported_records)
 
 
 def scan_shard(reader: ShardReader, window: DayWindow, cut_ms: int, compare_accounts: bool) -> ShardScan:
@@ -179,8 +216,46 @@ def _compare_accounts(
 
 def books(scans: list[ShardScan]) -> tuple[dict[str, int], list[str]]:
     """The trial balance at the cut (`ledger_node.replay.trial_balance`):
-    totals per currency, each must be 0, and lines for 2PC contradictions."""
-    totals, problems = trial_balance(
-        [ShardBooks(s.shard, s.cut.balances, s.cut.debit_records, s.cut.credit_legs) for s in scans]
-    )
+    totals per currency, each must be 0, and lines for 2PC contradictions.
+    An account or record two shards hold at the cut (a slot move between
+    its copy and its release) counts once (`_counted_once`)."""
+    totals, problems = trial_balance([_counted_once(scan, scans) for scan in scans])
     return totals, [f"{p.shard} {p.where}: {p.what}" for p in problems]
+
+
+def _counted_once(scan: ShardScan, scans: list[ShardScan]) -> ShardBooks:
+    """`scan`'s books without the copies another shard holds an older copy
+    of. A move copies into the target (imported later than the source got
+    it, or the source never imported it) and releases the source after the
+    flip; until then the source's copy is the one that counts: before the
+    flip it is the owner, after it the source is fenced and the copies are
+    equal. This is what `ledger_node.verify` does with the staged and fenced
+    marks, which the journal does not carry."""
+    cut = scan.cut
+    others = [other.cut for other in scans if other is not scan]
+    balances = dict(cut.balances)
+    for account_id, (at_ms, currency, balance) in cut.imported_accounts.items():
+        if any(
+            account_id in other.account_ids and other.imported_accounts.get(account_id, NEVER)[0] < at_ms
+            for other in others
+        ):
+            balances[currency] -= balance
+    duplicates = [
+        key
+        for key, at_ms in cut.imported_records.items()
+        if any(_holds(other, key) and other.imported_records.get(key, -1) < at_ms for other in others)
+    ]
+    if not duplicates:  # the usual case: no copy of the (large) record maps
+        return ShardBooks(scan.shard, balances, cut.debit_records, cut.credit_legs)
+    debit_records, credit_legs = dict(cut.debit_records), dict(cut.credit_legs)
+    for role, transfer_id in duplicates:
+        if role == DEBIT:
+            debit_records.pop(transfer_id, None)
+        else:
+            credit_legs.pop(transfer_id, None)
+    return ShardBooks(scan.shard, balances, debit_records, credit_legs)
+
+
+def _holds(cut: Cut, key: tuple[int, str]) -> bool:
+    role, transfer_id = key
+    return transfer_id in (cut.debit_records if role == DEBIT else cut.credit_legs)

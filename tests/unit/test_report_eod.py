@@ -32,6 +32,36 @@ def test_a_transfer_committed_at_its_record_holder_and_not_yet_credited_is_in_fl
     assert result.ok and result.data["trial_balance"] == {"CNY": 0}
 
 
+def test_a_copy_a_slot_move_made_counts_once() -> None:
+    """Mid-move, shard-3 holds copies of shard-2's account (balance 700) and
+    of its in-flight credit leg: the books count shard-2's, the older holder,
+    once. After the release only shard-3 holds them, and its copies count."""
+    debit_side = scan("shard-1", {"CNY": -700})
+    debit_side.cut.debit_records = {"t1": COMMITTED}
+    source = scan("shard-2", {"CNY": 0})
+    source.cut.credit_legs = {"t1": (PREPARED, "CNY", 700)}
+    source.cut.account_ids = frozenset({42})
+    target = scan("shard-3", {"CNY": 0})
+    target.cut.credit_legs = {"t1": (PREPARED, "CNY", 700)}
+    target.cut.account_ids = frozenset({42})
+    target.cut.imported_accounts = {42: (WINDOW.start_ms + 5, "CNY", 0)}
+    target.cut.imported_records = {(types_pb2.LEG_ROLE_CREDIT, "t1"): WINDOW.start_ms + 5}
+
+    mid_move = eod.end_of_day([debit_side, source, target], [], [], WINDOW, WINDOW.end_ms)
+    assert mid_move.data["trial_balance"] == {"CNY": 0}, "the copied credit leg counted twice"
+
+    source.cut.balances, target.cut.balances = {"CNY": 300}, {"CNY": 300}
+    source.cut.imported_accounts = {}
+    target.cut.imported_accounts = {42: (WINDOW.start_ms + 5, "CNY", 300)}
+    debit_side.cut.balances = {"CNY": -1_000}
+    moved_money = eod.end_of_day([debit_side, source, target], [], [], WINDOW, WINDOW.end_ms)
+    assert moved_money.data["trial_balance"] == {"CNY": 0}, "the copied account counted twice"
+
+    source.cut = Cut(balances={"CNY": 0}, debit_records={}, credit_legs={})  # released
+    released = eod.end_of_day([debit_side, source, target], [], [], WINDOW, WINDOW.end_ms)
+    assert released.ok and released.data["trial_balance"] == {"CNY": 0}
+
+
 def test_books_that_do_not_sum_to_zero_and_contradictions_are_lines() -> None:
     one = scan("shard-1", {"CNY": 5, "USD": 0})
     one.cut.debit_records = {"t9": ABORTED}
