@@ -1,4 +1,4 @@
-"""CLI commands about the cluster itself: `up`, `status`, `verify`."""
+"""CLI commands about the cluster itself: `up`, `down`, `status`, `verify`, `chaos`, `bench`."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from typing import Any
 
 import grpc
 
-from clients import added_shards, cluster_status, render
-from clients.cluster_state import ClusterState, ComponentRecord, read_state, running
+from clients import cluster_status, cluster_stop, render
+from clients.cluster_state import ClusterState, read_state, running, state_path
 from clients.errors import ShardbankError
-from clients.local_cluster import LocalCluster
+from clients.local_cluster import COMPONENT_FAILED, ClusterError, LocalCluster
 from loadtest import bench
 from shardbank import errors as bank_errors
 from shardbank.service_auth import SECRET_FILE_NAME, read_secret
@@ -26,6 +26,8 @@ WATCH_INTERVAL_S = 1.0
 # Each etcd read or node call of `status` answers fast or counts as down.
 STATUS_DEADLINE_S = 3.0
 DEFAULT_ETCD = "127.0.0.1:2379"
+# `down` on a directory no `up` ever recorded a cluster in.
+NO_CLUSTER = "NO_CLUSTER"
 
 
 def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -44,6 +46,17 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         help="extra gateway flag, repeatable, e.g. --gateway-arg=--review-test-rule=amount>=100000",
     )
     up.set_defaults(handler=cmd_up)
+    down = commands.add_parser(
+        "down", parents=[common], help="stop a local cluster by its recorded PIDs (also one whose `up` died)"
+    )
+    down.add_argument("--data-dir", default="./var", help="where `shardbank up` keeps cluster.json")
+    down.add_argument(
+        "--grace-s",
+        type=float,
+        default=cluster_stop.GRACE_S_DEFAULT,
+        help="seconds each kind of process gets after SIGTERM before SIGKILL",
+    )
+    down.set_defaults(handler=cmd_down)
     status = commands.add_parser(
         "status", parents=[common], help="etcd, shards, coordinators, gateways and slot moves, from etcd"
     )
@@ -168,19 +181,28 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_down(args: argparse.Namespace) -> int:
+    data_dir = Path(args.data_dir)
+    state = read_state(data_dir)
+    if state is None:
+        raise ClusterError(NO_CLUSTER, f"no cluster recorded in {data_dir} (no {state_path(data_dir)})")
+    if args.grace_s < 0:
+        raise ShardbankError(grpc.StatusCode.INVALID_ARGUMENT, bank_errors.INVALID_ARGUMENT, "--grace-s >= 0")
+    stopped = cluster_stop.stop_cluster(state, data_dir, args.grace_s)
+    left = cluster_stop.still_running(state, data_dir)
+    if args.json:
+        print(json.dumps({"stopped": [vars(s) for s in stopped], "still_running": left}, indent=2))
+    else:
+        print(render.table(["NAME", "PID", "STOPPED"], [[s.name, str(s.pid or "-"), s.how] for s in stopped]))
+    if left:
+        raise ClusterError(COMPONENT_FAILED, f"still running: {', '.join(left)}")
+    return 0
+
+
 def _components(state: ClusterState | None, data_dir: Path) -> list[dict[str, Any]]:
-    """The processes `shardbank up` started, then the nodes `shardbank shard
-    add` started from another shell while it ran (recorded in
-    added_shards.json, not in the state file `up` wrote at start)."""
+    """Each process `up` or `shard add` recorded, and whether it runs."""
     if state is None:
         return []
-    listed = {c.name for c in state.components}
-    added = [
-        ComponentRecord(a.name, added_shards.LEDGER_NODE, a.address, a.pid, a.argv,
-                        str(added_shards.log_path(data_dir, a.name)))
-        for a in added_shards.read(data_dir)
-        if a.name not in listed
-    ]  # fmt: skip
     return [
         {
             "name": c.name,
@@ -190,7 +212,7 @@ def _components(state: ClusterState | None, data_dir: Path) -> list[dict[str, An
             "state": "running" if running(c.pid, c.argv) else "stopped",
             "log": c.log,
         }
-        for c in [*state.components, *added]
+        for c in cluster_stop.recorded_components(state, data_dir)
     ]
 
 

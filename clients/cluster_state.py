@@ -33,6 +33,9 @@ class ClusterState:
     etcd: str
     gateway: str
     components: tuple[ComponentRecord, ...]
+    # The supervisor's command line, so `shardbank down` signals it only while
+    # that PID still runs it (empty in files written before it was recorded).
+    supervisor_argv: tuple[str, ...] = ()
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -61,6 +64,7 @@ class ClusterState:
             etcd=str(data["etcd"]),
             gateway=str(data["gateway"]),
             components=components,
+            supervisor_argv=tuple(str(arg) for arg in data.get("supervisor_argv", ())),
         )
 
 
@@ -81,6 +85,16 @@ def read_state(data_dir: Path) -> ClusterState | None:
         return ClusterState.from_json(state_path(data_dir).read_text(encoding="utf-8"))
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def own_argv() -> tuple[str, ...]:
+    """This process's command line as /proc shows it (what `running` compares)."""
+    try:
+        raw = Path("/proc/self/cmdline").read_bytes()
+    except OSError:
+        return ()
+    # NUL-terminated arguments; an empty one stays (it is part of the command).
+    return tuple(arg.decode(errors="replace") for arg in raw.split(b"\0")[:-1])
 
 
 def running(pid: int | None, argv: tuple[str, ...] = ()) -> bool:

@@ -46,7 +46,7 @@ from types import TracebackType
 import grpc
 
 from clients import added_shards, health, processes
-from clients.cluster_state import ClusterState, ComponentRecord, read_state, running, write_state
+from clients.cluster_state import ClusterState, ComponentRecord, own_argv, read_state, running, write_state
 from clients.errors import ShardbankError
 from shardbank import meta, service_auth
 
@@ -520,7 +520,8 @@ class LocalCluster:
         if live:
             raise ClusterError(
                 CLUSTER_RUNNING,
-                f"{', '.join(live)} of {self.data_dir} still running (started by pid {state.supervisor_pid})",
+                f"{', '.join(live)} of {self.data_dir} still running (started by pid "
+                f"{state.supervisor_pid}; `shardbank down --data-dir {self.data_dir}` stops them)",
             )
 
     def _write_state(self) -> None:
@@ -530,7 +531,7 @@ class LocalCluster:
             for spec in self._ordered()
         )  # fmt: skip
         state = ClusterState(
-            str(self.data_dir), os.getpid(), self.etcd_endpoint, self.gateway_address, records
+            str(self.data_dir), os.getpid(), self.etcd_endpoint, self.gateway_address, records, own_argv()
         )
         with self._lock:
             write_state(self.data_dir, state)
