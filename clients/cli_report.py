@@ -2,13 +2,14 @@
 
 Access: the caller needs a staff API key of role auditor or admin — checked
 by the gateway (a one-record ListAudit, which only those roles may call) —
-and the cluster secret, because the reports read the ledger nodes directly
-(signed LedgerNode.ReadJournal / ListAccounts) instead of through the
-gateway: the end-of-day check verifies the ledger itself, independent of
-the component that routes money into it, and bulk journal pages do not pass
-through the public API. The gateway still names the shards (GetClusterInfo).
-The report tool is therefore an operator tool for the bank's back office,
-run where the cluster secret is (like `shardbank verify`).
+and the cluster's reader key (`DATA/reader.secret`), because the reports read
+the ledger nodes directly (signed LedgerNode.ReadJournal / ListAccounts)
+instead of through the gateway: the end-of-day check verifies the ledger
+itself, independent of the component that routes money into it, and bulk
+journal pages do not pass through the public API. The gateway still names the
+shards (GetClusterInfo). The reader key opens the nodes' read methods only
+(`shardbank.service_auth`): the back office does not need the cluster secret,
+which can move money. The cluster secret itself is still accepted.
 
 Exit: 0 done (eod: no discrepancy), 1 a discrepancy, an unreadable shard or
 a refused credential (one line each), 2 usage.
@@ -114,10 +115,11 @@ class _Run:
 def _secret(args: argparse.Namespace, data_dir: Path) -> bytes:
     from clients.cli import UsageError
 
+    reader = data_dir / service_auth.READER_SECRET_FILE_NAME
     path = (
         args.cluster_secret_file
         or os.environ.get(service_auth.SECRET_FILE_ENV, "")
-        or str(data_dir / service_auth.SECRET_FILE_NAME)
+        or str(reader if reader.exists() else data_dir / service_auth.SECRET_FILE_NAME)
     )
     try:
         return service_auth.read_secret(path)

@@ -18,7 +18,8 @@ Calls between the components are signed (`shardbank.service_auth`): the first
 `start()` writes a cluster secret to `DATA/cluster.secret` (mode 0600, reused
 on restart) and every node, coordinator and gateway gets
 `--cluster-secret-file` (`authenticate_services=False`: none, auth off). Tests
-that call a node directly sign with `cluster.cluster_secret`.
+that call a node directly sign with `cluster.cluster_secret`. Beside it goes
+`DATA/reader.secret`, the read-only key the reports use (mode 0600).
 
 `start()` also makes sure an admin API key exists — written straight into
 etcd, not through the gateway (nothing could authenticate the first call) —
@@ -155,6 +156,7 @@ class LocalCluster:
         self.gateway_args = tuple(gateway_args)
         self.risk_config = risk_config
         self.secret_file = self.data_dir / service_auth.SECRET_FILE_NAME
+        self.reader_file = self.data_dir / service_auth.READER_SECRET_FILE_NAME
         self.metrics = metrics
         spare = iter(processes.free_ports(4 + 2 * (shards + coordinators + 1)))
         # An explicit etcd port takes the next one for peers (2379/2380), as etcd's defaults do.
@@ -342,7 +344,8 @@ class LocalCluster:
         self._check_not_running()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         if self.authenticate_services:
-            service_auth.ensure_secret_file(self.secret_file)
+            secret = service_auth.ensure_secret_file(self.secret_file)
+            service_auth.ensure_reader_file(self.reader_file, secret)
         if not self._atexit_registered:
             atexit.register(self.stop)
             self._atexit_registered = True

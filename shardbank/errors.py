@@ -82,6 +82,7 @@ REVIEW_NOT_SUPPORTED = "REVIEW_NOT_SUPPORTED"
 INVALID_REVIEW_DEADLINE = "INVALID_REVIEW_DEADLINE"
 # A service-to-service call without a valid token (shardbank.service_auth).
 SERVICE_UNAUTHENTICATED = "SERVICE_UNAUTHENTICATED"
+SERVICE_READ_ONLY = "SERVICE_READ_ONLY"
 INTERNAL = "INTERNAL"
 # Risk control (gateway/risk): refused; held for review but no reviewer is wired.
 RISK_BLOCKED = "RISK_BLOCKED"

@@ -17,6 +17,14 @@ so probes and orchestration need no secret.
 
 An empty secret turns authentication off (unit tests, standalone nodes): no
 token is sent and none is checked; the process logs a warning at start.
+
+A second, weaker credential exists for read-only tools (the reports): the
+*reader key*, HMAC-SHA256(cluster secret, READER_KEY_CONTEXT). Every process
+holding the cluster secret derives it; whoever holds only the reader key
+cannot derive the secret back. Nodes accept a token signed with it for the
+ledger's read methods (`READ_ONLY_METHODS`) and answer any other method
+PERMISSION_DENIED `SERVICE_READ_ONLY`. So the back office can run the
+end-of-day and AML reports without the key that can move money.
 """
 
 from __future__ import annotations
@@ -63,6 +71,19 @@ OPEN_SERVICE_PREFIXES = (
 # Refusals are logged at most once per this interval (with a count), so a
 # misconfigured caller cannot flood the log.
 REFUSAL_LOG_INTERVAL_S = 5.0
+# The reader key (see module doc): its file beside cluster.secret, and what
+# it is derived with.
+READER_SECRET_FILE_NAME = "reader.secret"
+READER_KEY_CONTEXT = b"shardbank reader key v1"
+# What a reader-key token may call: the ledger nodes' reads, nothing that writes.
+_LEDGER_NODE = "/shardbank.v1.LedgerNode/"
+READ_ONLY_METHODS = frozenset(
+    _LEDGER_NODE + name
+    for name in (
+        "ReadJournal", "ListAccounts", "ListInDoubt", "GetNodeInfo", "GetAccounts", "GetTransfers",
+        "ListHistory", "GetActivity", "DigestSlots",
+    )
+)  # fmt: skip
 
 
 class SecretError(ValueError):
@@ -107,6 +128,21 @@ def ensure_secret_file(path: str | os.PathLike[str]) -> bytes:
     with os.fdopen(descriptor, "w", encoding="ascii") as file:
         file.write(secret.hex() + "\n")
     return secret
+
+
+def reader_secret(cluster_secret: bytes) -> bytes:
+    """The reader key of a cluster secret (see module doc)."""
+    return hmac.new(cluster_secret, READER_KEY_CONTEXT, hashlib.sha256).digest()
+
+
+def ensure_reader_file(path: str | os.PathLike[str], cluster_secret: bytes) -> None:
+    """Write the reader key beside the secret (mode 0600) unless it is there."""
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    with os.fdopen(descriptor, "w", encoding="ascii") as file:
+        file.write(reader_secret(cluster_secret).hex() + "\n")
 
 
 def load_cluster_secret(path: str | None, component_id: str) -> bytes:
@@ -186,6 +222,14 @@ def refusal(why: str) -> errors.BankError:
         grpc.StatusCode.UNAUTHENTICATED,
         errors.SERVICE_UNAUTHENTICATED,
         f"service call refused: {why}",
+    )
+
+
+def read_only_refusal(method: str) -> errors.BankError:
+    return errors.BankError(
+        grpc.StatusCode.PERMISSION_DENIED,
+        errors.SERVICE_READ_ONLY,
+        f"the reader key may call the ledger's reads only, not {method}",
     )
 
 
@@ -345,6 +389,7 @@ class ServerAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if not secret:
             raise ValueError("a server interceptor needs a secret")
         self._secret = secret
+        self._reader = reader_secret(secret)
         self._clock_ms = clock_ms
         self.refused = 0
         self._logged_refused = 0
@@ -359,12 +404,18 @@ class ServerAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if method.startswith(OPEN_SERVICE_PREFIXES):
             return await continuation(handler_call_details)
         token = _metadata_value(handler_call_details, METADATA_KEY)
-        verdict = verify(self._secret, token, method, self._clock_ms())
+        now_ms = self._clock_ms()
+        verdict = verify(self._secret, token, method, now_ms)
         if verdict.caller:
             return await continuation(handler_call_details)
-        self._note_refusal(method, verdict.why)
+        failure = refusal(verdict.why)
+        if verdict.why == "bad signature" and verify(self._reader, token, method, now_ms).caller:
+            if method in READ_ONLY_METHODS:
+                return await continuation(handler_call_details)
+            failure = read_only_refusal(method)
+        self._note_refusal(method, failure.message)
         handler = await continuation(handler_call_details)
-        return _aborting_handler(handler, refusal(verdict.why).to_status())
+        return _aborting_handler(handler, failure.to_status())
 
     def _note_refusal(self, method: str, why: str) -> None:
         self.refused += 1

@@ -73,6 +73,29 @@ def test_a_node_needs_a_token_but_health_does_not(cluster: LocalCluster) -> None
             channel.close()
 
 
+def test_the_reader_key_reads_a_node_but_cannot_write(cluster: LocalCluster) -> None:
+    """DATA/reader.secret (what the reports use) opens the node's reads and
+    nothing that writes, nor the coordinators."""
+    assert stat.S_IMODE(os.stat(cluster.reader_file).st_mode) == 0o600
+    reader = service_auth.read_secret(cluster.reader_file)
+    assert reader == service_auth.reader_secret(cluster.cluster_secret) != cluster.cluster_secret
+    with service_auth.signed_channel(cluster.address("shard-1"), reader, "report") as channel:
+        stub = ledger_pb2_grpc.LedgerNodeStub(channel)
+        info = stub.GetNodeInfo(ledger_pb2.GetNodeInfoRequest(), timeout=CALL_TIMEOUT_S)
+        page = stub.ReadJournal(ledger_pb2.ReadJournalRequest(from_seq=1, limit=1), timeout=CALL_TIMEOUT_S)
+        assert info.shard_id == "shard-1" and page.head_seq == info.journal_seq
+        deposit = types_pb2.Transfer(id=str(uuid.uuid4()), kind=types_pb2.TRANSFER_KIND_DEPOSIT, amount=1)
+        error = _refused(stub.ApplyTransfers, ledger_pb2.ApplyTransfersRequest(transfers=[deposit]))
+        assert (error.code, error.reason) == (grpc.StatusCode.PERMISSION_DENIED, errors.SERVICE_READ_ONLY)
+        assert info.journal_seq == stub.GetNodeInfo(ledger_pb2.GetNodeInfoRequest(), timeout=5).journal_seq
+    coordinator = cluster.names("coordinator")[0]
+    with service_auth.signed_channel(cluster.address(coordinator), reader, "report") as channel:
+        error = _refused(
+            coordinator_pb2_grpc.CoordinatorStub(channel).GetLeader, coordinator_pb2.GetLeaderRequest()
+        )
+        assert (error.code, error.reason) == (grpc.StatusCode.PERMISSION_DENIED, errors.SERVICE_READ_ONLY)
+
+
 def test_a_coordinator_needs_a_token_but_health_does_not(cluster: LocalCluster) -> None:
     transfer = types_pb2.Transfer(id=str(uuid.uuid4()))
     for name in cluster.names("coordinator"):

@@ -17,6 +17,7 @@ from grpc_health.v1.health import aio as health_aio
 from shardbank import errors, service_auth
 from shardbank.errors import BankError
 from shardbank.service_auth import CLOCK_SKEW_MS_MAX, sign, verify
+from shardbank.v1 import ledger_pb2
 
 SECRET = bytes(range(32))
 OTHER_SECRET = bytes(range(1, 33))
@@ -144,7 +145,11 @@ def with_server(scenario: Callable[[str], Awaitable[None]]) -> None:
         echo = grpc.method_handlers_generic_handler(
             "test.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(_echo)}
         )
-        server.add_generic_rpc_handlers((echo,))
+        # A read of the ledger's, for the reader key (same echo behind it).
+        ledger_read = grpc.method_handlers_generic_handler(
+            "shardbank.v1.LedgerNode", {"ReadJournal": grpc.unary_unary_rpc_method_handler(_echo)}
+        )
+        server.add_generic_rpc_handlers((echo, ledger_read))
         health = health_aio.HealthServicer()
         await health.set("", health_pb2.HealthCheckResponse.SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -158,16 +163,61 @@ def with_server(scenario: Callable[[str], Awaitable[None]]) -> None:
     asyncio.run(run())
 
 
-async def _call(address: str, interceptors: list[grpc.aio.ClientInterceptor]) -> bytes:
+async def _call(address: str, interceptors: list[grpc.aio.ClientInterceptor], method: str = ECHO) -> bytes:
     async with grpc.aio.insecure_channel(address, interceptors=interceptors) as channel:
-        answer: bytes = await channel.unary_unary(ECHO)(b"ping", timeout=5)
+        answer: bytes = await channel.unary_unary(method)(b"ping", timeout=5)
         return answer
 
 
-async def _refusal(address: str, interceptors: list[grpc.aio.ClientInterceptor]) -> BankError:
+async def _refusal(
+    address: str, interceptors: list[grpc.aio.ClientInterceptor], method: str = ECHO
+) -> BankError:
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await _call(address, interceptors)
+        await _call(address, interceptors, method)
     return errors.from_rpc_error(refused.value)
+
+
+READ_JOURNAL = "/shardbank.v1.LedgerNode/ReadJournal"
+
+
+def test_the_reader_key_opens_the_ledger_reads_only() -> None:
+    reader = service_auth.reader_secret(SECRET)
+    assert reader != SECRET and len(reader) == service_auth.SECRET_BYTES
+
+    async def scenario(address: str) -> None:
+        signed = service_auth.channel_interceptors(reader, "report")
+        assert await _call(address, signed, READ_JOURNAL) == b"ping"
+        error = await _refusal(address, signed, ECHO)  # any method not on the read list
+        assert (error.code, error.reason) == (grpc.StatusCode.PERMISSION_DENIED, errors.SERVICE_READ_ONLY)
+        # Another cluster's reader key is no key at all here.
+        foreign = service_auth.channel_interceptors(service_auth.reader_secret(OTHER_SECRET), "report")
+        error = await _refusal(address, foreign, READ_JOURNAL)
+        assert (error.code, error.reason) == (grpc.StatusCode.UNAUTHENTICATED, errors.SERVICE_UNAUTHENTICATED)
+        # The cluster secret still opens everything.
+        assert (
+            await _call(address, service_auth.channel_interceptors(SECRET, "gw-1"), READ_JOURNAL) == b"ping"
+        )
+
+    with_server(scenario)
+
+
+def test_the_read_list_names_ledger_reads_and_no_write() -> None:
+    methods = {m.name for m in ledger_pb2.DESCRIPTOR.services_by_name["LedgerNode"].methods}
+    listed = {name.rsplit("/", 1)[1] for name in service_auth.READ_ONLY_METHODS}
+    assert all(name.startswith("/shardbank.v1.LedgerNode/") for name in service_auth.READ_ONLY_METHODS)
+    assert listed <= methods
+    writes = {"CreateAccounts", "UpdateContacts", "ChangeStatus", "ApplyTransfers", "Prepare", "Decide",
+              "Finish", "WriteStream", "ImportSlots", "MarkSlots", "ReleaseSlots", "ExportSlots"}  # fmt: skip
+    assert listed.isdisjoint(writes) and listed | writes == methods
+
+
+def test_the_reader_file_is_written_once_with_mode_0600(tmp_path: Path) -> None:
+    path = tmp_path / service_auth.READER_SECRET_FILE_NAME
+    service_auth.ensure_reader_file(path, SECRET)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert service_auth.read_secret(path) == service_auth.reader_secret(SECRET)
+    service_auth.ensure_reader_file(path, OTHER_SECRET)  # there already: left alone
+    assert service_auth.read_secret(path) == service_auth.reader_secret(SECRET)
 
 
 def test_a_signed_call_passes() -> None:
