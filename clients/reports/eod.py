@@ -112,6 +112,25 @@ def in_doubt_lines(shard: str, legs: Sequence[ledger_pb2.Leg], now_ms: int, olde
     return lines
 
 
+def reused_ids(transfers: Sequence[DayTransfer]) -> list[str]:
+    """A transfer id committed by two record holders in the day: two transfers
+    under one id. Ids are unique per record holder only (docs/internals.md,
+    Gateway), so a client that reuses an id with a debit account on another
+    shard moves money twice; the end of day names it. A slot move never
+    does this: it copies a record (RECORD_IMPORTED), it does not post it."""
+    holders: dict[str, list[DayTransfer]] = defaultdict(list)
+    for transfer in transfers:
+        holders[transfer.transfer_id].append(transfer)
+    return [
+        f"transfer id {transfer_id}: committed {len(found)} times, at "
+        + ", ".join(f"{t.shard} ({t.debit_account_id} -> {t.credit_account_id}, {t.amount} {t.currency})"
+                    for t in found)
+        + ": one id, several transfers (a client reused it)"
+        for transfer_id, found in sorted(holders.items())
+        if len(found) > 1
+    ]  # fmt: skip
+
+
 @dataclass
 class EodResult:
     data: dict[str, Any]
@@ -148,6 +167,7 @@ def end_of_day(
                     f"books {currency}: balances sum to {total}, not 0 (trial balance at the cut)"
                 )
     discrepancies.extend(in_doubt)
+    discrepancies.extend(reused_ids(transfers))
     data: dict[str, Any] = {
         "report": "EOD",
         "date": window.date.isoformat(),

@@ -62,6 +62,24 @@ def test_a_copy_a_slot_move_made_counts_once() -> None:
     assert released.ok and released.data["trial_balance"] == {"CNY": 0}
 
 
+def test_an_id_committed_by_two_record_holders_is_a_discrepancy() -> None:
+    """Ids are unique per record holder: a client that reuses one with a debit
+    account on another shard moves money twice, and the end of day says so."""
+    first = scan("shard-1", {"CNY": 0})
+    first.transfers = [
+        DayTransfer("t-reused", TRANSFER, 11, 12, 500, "CNY", WINDOW.start_ms + 1, "shard-1"),
+        DayTransfer("t-once", TRANSFER, 11, 12, 70, "CNY", WINDOW.start_ms + 2, "shard-1"),
+    ]
+    second = scan("shard-2", {"CNY": 0})
+    second.transfers = [DayTransfer("t-reused", TRANSFER, 21, 22, 500, "CNY", WINDOW.start_ms + 3, "shard-2")]
+
+    result = eod.end_of_day([first, second], [], [], WINDOW, WINDOW.end_ms)
+
+    (line,) = result.discrepancies
+    assert line.startswith("transfer id t-reused: committed 2 times, at shard-1 (11 -> 12, 500 CNY), shard-2")
+    assert not result.ok
+
+
 def test_books_that_do_not_sum_to_zero_and_contradictions_are_lines() -> None:
     one = scan("shard-1", {"CNY": 5, "USD": 0})
     one.cut.debit_records = {"t9": ABORTED}
