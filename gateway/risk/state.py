@@ -77,9 +77,10 @@ def request_for(
     )
 
 
-# One shard's answer to a caller: the summaries of its queries and the
-# totals of its customers, each in order; None if the shard did not answer.
-Answer = tuple[list[ledger_pb2.ActivitySummary], list[ledger_pb2.CustomerTotal]] | None
+# One shard's answer to a caller: the summaries of its queries, in order, and
+# the totals of those of its customers the shard gave (a node older than
+# `customer_ids` gives none); None if it did not answer the queries.
+Answer = tuple[list[ledger_pb2.ActivitySummary], dict[str, ledger_pb2.CustomerTotal]] | None
 
 
 @dataclass(eq=False)
@@ -176,19 +177,21 @@ class ShardActivity:
         moved: list[Query] = []
         for shard_id, reply in zip(shard_ids, replies, strict=True):
             asked = by_shard[shard_id]
-            if reply is None or len(reply[0]) != len(asked) or len(reply[1]) != len(customers):
+            totals = {} if reply is None else reply[1]
+            if len(totals) != len(customers):
+                log.warning(
+                    "risk_customer_totals_partial", shard_id=shard_id, missing=len(customers) - len(totals)
+                )
+            for customer_id, total in totals.items():
+                fetched.customer_totals.setdefault(customer_id, {})[shard_id] = total.out_24h
+            if reply is None or len(reply[0]) != len(asked):
                 fetched.unavailable |= {account for account, _ in asked}
-                if customers:
-                    log.warning("risk_customer_totals_partial", shard_id=shard_id, customers=len(customers))
                 continue
-            summaries, totals = reply
-            for query, summary in zip(asked, summaries, strict=True):
+            for query, summary in zip(asked, reply[0], strict=True):
                 if summary.code == 0:
                     fetched.found[query] = Found(from_summary(summary), summary.counterparty_known)
                 elif summary.reason == errors.SLOT_MOVED:
                     moved.append(query)
-            for total in totals:
-                fetched.customer_totals.setdefault(total.customer_id, {})[shard_id] = total.out_24h
         return moved
 
     async def _ask(
@@ -226,19 +229,19 @@ class ShardActivity:
                 *(self._call(shard_id, queries, names, config, timeout_s) for queries, names in chunks)
             )
             for (queries, names), reply in zip(chunks, replies, strict=True):
-                shape = None if reply is None else (len(reply.summaries), len(reply.customers))
-                if reply is None or shape != (len(queries), len(names)):
+                if reply is None:
                     continue
-                answers.update(zip(queries, reply.summaries, strict=True))
-                totals.update(zip(names, reply.customers, strict=True))
+                if len(reply.summaries) == len(queries):
+                    answers.update(zip(queries, reply.summaries, strict=True))
+                if len(reply.customers) == len(names):  # an older node answers none
+                    totals.update(zip(names, reply.customers, strict=True))
         finally:  # every waiting caller gets an answer, whatever happened
             for waiting in batch:
                 if waiting.future.done():  # its caller gave up
                     continue
-                if all(q in answers for q in waiting.queries) and all(c in totals for c in waiting.customers):
-                    waiting.future.set_result(
-                        ([answers[q] for q in waiting.queries], [totals[c] for c in waiting.customers])
-                    )
+                if all(q in answers for q in waiting.queries):
+                    given = {c: totals[c] for c in waiting.customers if c in totals}
+                    waiting.future.set_result(([answers[q] for q in waiting.queries], given))
                 else:
                     waiting.future.set_result(None)
 

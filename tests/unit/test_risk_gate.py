@@ -201,6 +201,8 @@ class FakeNode:
             cluster.customer_calls.append((self._shard_id, list(request.customer_ids)))
         if self._shard_id in cluster.down:
             raise BankError(grpc.StatusCode.UNAVAILABLE, "SHARD_UNAVAILABLE", "down")
+        if self._shard_id in cluster.old and not request.queries:  # no customer_ids: an empty batch
+            raise BankError(grpc.StatusCode.INVALID_ARGUMENT, "BATCH_EMPTY", "no queries")
         summaries = []
         for query in request.queries:
             moved = cluster.moved_once.pop(query.account_id, False)
@@ -221,6 +223,7 @@ class FakeNode:
                 out_24h=ledger_pb2.WindowTotals(count=1, amount=cluster.out.get((self._shard_id, c), 0)),
             )
             for c in request.customer_ids
+            if self._shard_id not in cluster.old
         ]
         return ledger_pb2.GetActivityResponse(summaries=summaries, customers=totals)
 
@@ -236,6 +239,8 @@ class FakeCluster:
         self.customer_calls: list[tuple[str, list[str]]] = []
         self.down: set[str] = set()
         self.short: set[str] = set()
+        # Nodes older than GetActivityRequest.customer_ids (a rolling upgrade).
+        self.old: set[str] = set()
         self.moved_once: dict[int, bool] = {}
         self.refreshed = 0
         # account -> customer (default: the shard id); (shard, customer) -> money out in 24 h
@@ -329,6 +334,24 @@ weight = 50
 limit_minor = 1_250
 """
 )
+
+
+def test_a_node_older_than_customer_totals_still_answers_for_its_accounts() -> None:
+    """In a rolling upgrade a node that ignores `customer_ids` (and refuses a
+    call with none of its accounts) leaves the total a lower bound; the
+    transfers are still checked, not refused as unanswered."""
+    cluster = FakeCluster()
+    cluster.customer_of = {10: "alice", 11: "alice"}
+    cluster.out = {("shard-1", "alice"): 700, ("shard-2", "alice"): 500}
+    cluster.old = {"shard-1", "shard-2"}
+    source = ShardActivity(cluster)  # type: ignore[arg-type]
+    for _ in range(2):  # learning the customer, then knowing it
+        fetched = asyncio.run(source.fetch([(10, 99)], Holder.current, Budget(5.0)))
+        assert fetched.unavailable == set()
+        assert fetched.found[(10, 99)].account.customer_out_24h.amount == 700
+    cluster.old = {"shard-2"}  # shard-1 upgraded: its own part, still a lower bound
+    fetched = asyncio.run(source.fetch([(10, 99)], Holder.current, Budget(5.0)))
+    assert fetched.found[(10, 99)].account.customer_out_24h.amount == 700 and fetched.unavailable == set()
 
 
 def test_the_customer_daily_limit_counts_the_customers_other_shards() -> None:
