@@ -73,6 +73,29 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
             sub.add_argument(
                 "--mask-ids", action="store_true", help="mask ID numbers in the files too (stdout always is)"
             )
+    key = kinds.add_parser(
+        "reader-key", parents=[common], help="write the reports' read-only key (from the cluster secret)"
+    )
+    key.add_argument("--data-dir", default="./var", help="where cluster.secret is (unless named)")
+    key.add_argument("--out", default="", metavar="FILE", help="default <data-dir>/reader.secret")
+    service_auth.add_secret_argument(key)
+    key.set_defaults(handler=cmd_reader_key)
+
+
+def cmd_reader_key(args: argparse.Namespace) -> int:
+    """For a cluster not started by `shardbank up` (which writes it itself):
+    run where the cluster secret is, hand the file to the back office."""
+    from clients.cli import UsageError
+
+    data_dir = Path(args.data_dir)
+    secret = _secret(args, data_dir, reader_first=False)
+    out = Path(args.out or data_dir / service_auth.READER_SECRET_FILE_NAME)
+    existed = out.exists()
+    service_auth.ensure_reader_file(out, secret)
+    if service_auth.read_secret(out) != service_auth.reader_secret(secret):
+        raise UsageError(bank_errors.invalid(bank_errors.INVALID_ARGUMENT, f"{out} holds another key"))
+    print(f"{out}: {'already there' if existed else 'written'} (mode 0600; read methods of the nodes only)")
+    return 0
 
 
 def _in_doubt_ms(text: str) -> int:
@@ -112,15 +135,15 @@ class _Run:
         )
 
 
-def _secret(args: argparse.Namespace, data_dir: Path) -> bytes:
+def _secret(args: argparse.Namespace, data_dir: Path, reader_first: bool = True) -> bytes:
+    """The key named by --cluster-secret-file or the environment; else, in the
+    data dir, the reader key when `reader_first` and it is there, then the
+    cluster secret."""
     from clients.cli import UsageError
 
     reader = data_dir / service_auth.READER_SECRET_FILE_NAME
-    path = (
-        args.cluster_secret_file
-        or os.environ.get(service_auth.SECRET_FILE_ENV, "")
-        or str(reader if reader.exists() else data_dir / service_auth.SECRET_FILE_NAME)
-    )
+    default = reader if reader_first and reader.exists() else data_dir / service_auth.SECRET_FILE_NAME
+    path = args.cluster_secret_file or os.environ.get(service_auth.SECRET_FILE_ENV, "") or str(default)
     try:
         return service_auth.read_secret(path)
     except (OSError, ValueError) as exc:
