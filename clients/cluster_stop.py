@@ -23,9 +23,10 @@ from pathlib import Path
 
 from clients import added_shards
 from clients.cluster_state import ClusterState, ComponentRecord, running
+from clients.local_cluster import KIND_ORDER
 
-# Gateways first, etcd last: what `up` does on Ctrl-C (KIND_ORDER reversed).
-STOP_ORDER = ("gateway", "coordinator", "ledger_node", "etcd")
+# Gateways first, etcd last: the order `up` stops its children in.
+STOP_ORDER = tuple(reversed(KIND_ORDER))
 GRACE_S_DEFAULT = 10.0
 POLL_S = 0.1
 
