@@ -45,6 +45,7 @@ import grpc
 import structlog
 
 from shardbank import errors
+from shardbank.v1 import ledger_pb2
 
 log = structlog.get_logger("service_auth")
 
@@ -76,7 +77,7 @@ REFUSAL_LOG_INTERVAL_S = 5.0
 READER_SECRET_FILE_NAME = "reader.secret"
 READER_KEY_CONTEXT = b"shardbank reader key v1"
 # What a reader-key token may call: the ledger nodes' reads, nothing that writes.
-_LEDGER_NODE = "/shardbank.v1.LedgerNode/"
+_LEDGER_NODE = "/" + ledger_pb2.DESCRIPTOR.services_by_name["LedgerNode"].full_name + "/"
 READ_ONLY_METHODS = frozenset(
     _LEDGER_NODE + name
     for name in (
@@ -118,16 +119,22 @@ def read_secret(path: str | os.PathLike[str]) -> bytes:
     return secret
 
 
-def ensure_secret_file(path: str | os.PathLike[str]) -> bytes:
-    """Read the secret at `path`, creating it (mode 0600) on first use."""
+def _create_key_file(path: str | os.PathLike[str], key: bytes) -> bool:
+    """Write `key` as hex to a new file of mode 0600; False if the file exists
+    (it is never overwritten, and never briefly readable by others)."""
     try:
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        return read_secret(path)
-    secret = generate_secret()
+        return False
     with os.fdopen(descriptor, "w", encoding="ascii") as file:
-        file.write(secret.hex() + "\n")
-    return secret
+        file.write(key.hex() + "\n")
+    return True
+
+
+def ensure_secret_file(path: str | os.PathLike[str]) -> bytes:
+    """Read the secret at `path`, creating it (mode 0600) on first use."""
+    secret = generate_secret()
+    return secret if _create_key_file(path, secret) else read_secret(path)
 
 
 def reader_secret(cluster_secret: bytes) -> bytes:
@@ -137,12 +144,7 @@ def reader_secret(cluster_secret: bytes) -> bytes:
 
 def ensure_reader_file(path: str | os.PathLike[str], cluster_secret: bytes) -> None:
     """Write the reader key beside the secret (mode 0600) unless it is there."""
-    try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return
-    with os.fdopen(descriptor, "w", encoding="ascii") as file:
-        file.write(reader_secret(cluster_secret).hex() + "\n")
+    _create_key_file(path, reader_secret(cluster_secret))
 
 
 def load_cluster_secret(path: str | None, component_id: str) -> bytes:
@@ -186,6 +188,10 @@ def sign(secret: bytes, component_id: str, method: str, unix_ms: int) -> str:
     return f"{component_id}.{unix_ms}.{_mac(secret, component_id, unix_ms, method)}"
 
 
+# A well-formed token this secret did not sign (perhaps the reader key did).
+BAD_SIGNATURE = "bad signature"
+
+
 @dataclass(frozen=True)
 class Verdict:
     """`caller` is set when the token is valid, else `why` says what was wrong."""
@@ -210,7 +216,7 @@ def verify(
     unix_ms = int(unix_ms_text)
     expected = _mac(secret, component_id, unix_ms, method)
     if not hmac.compare_digest(expected.encode(), mac.encode()):
-        return Verdict(why="bad signature")
+        return Verdict(why=BAD_SIGNATURE)
     # After the signature: the time in a token is only trusted once it is signed.
     if abs(now_ms - unix_ms) > skew_ms_max:
         return Verdict(why="token time outside the clock skew bound")
@@ -409,7 +415,7 @@ class ServerAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if verdict.caller:
             return await continuation(handler_call_details)
         failure = refusal(verdict.why)
-        if verdict.why == "bad signature" and verify(self._reader, token, method, now_ms).caller:
+        if verdict.why == BAD_SIGNATURE and verify(self._reader, token, method, now_ms).caller:
             if method in READ_ONLY_METHODS:
                 return await continuation(handler_call_details)
             failure = read_only_refusal(method)
