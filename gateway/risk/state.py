@@ -90,17 +90,18 @@ class _Waiting:
     future: asyncio.Future[Answer]
 
 
-def sum_customer_totals(fetched: Fetched, shard_ids: list[str]) -> None:
+def sum_customer_totals(fetched: Fetched) -> None:
     """Replace each found account's `customer_out_24h` (its own shard's part)
-    by the sum over `shard_ids`. A shard that did not answer leaves the sum a
-    lower bound, and never below the part the account's shard reported."""
+    by the sum of the parts every shard asked gave. A shard that did not
+    answer leaves the sum a lower bound, and never below the part the
+    account's shard reported."""
     for found in fetched.found.values():
         account = found.account
         parts = fetched.customer_totals.get(account.customer_id)
         if not account.customer_id or parts is None:
             continue
-        count = sum(parts[s].count for s in shard_ids if s in parts)
-        amount = sum(parts[s].amount for s in shard_ids if s in parts)
+        count = sum(part.count for part in parts.values())
+        amount = sum(part.amount for part in parts.values())
         if amount > account.customer_out_24h.amount:
             account.customer_out_24h = Window(count, amount)
 
@@ -137,7 +138,7 @@ class ShardActivity:
         learned = sorted({f.account.customer_id for f in fetched.found.values()} - known - {""})
         if learned:
             await self._round([], learned, config, budget, fetched)
-        sum_customer_totals(fetched, self._all_shards())
+        sum_customer_totals(fetched)
         return fetched
 
     def _remember(self, fetched: Fetched) -> None:
@@ -147,9 +148,6 @@ class ShardActivity:
                 self._customer_of[account.account_id] = account.customer_id
                 if len(self._customer_of) > CUSTOMERS_KNOWN_MAX:
                     del self._customer_of[next(iter(self._customer_of))]
-
-    def _all_shards(self) -> list[str]:
-        return self._cluster.slot_map.shard_ids() if self._cluster.has_slot_map() else []
 
     async def _round(
         self,
@@ -166,8 +164,8 @@ class ShardActivity:
                 by_shard[self._cluster.owner(query[0])].append(query)
             except errors.BankError:
                 fetched.unavailable.add(query[0])
-        if customers:
-            for shard_id in self._all_shards():
+        if customers and self._cluster.has_slot_map():
+            for shard_id in self._cluster.slot_map.shard_ids():  # a customer's accounts may be anywhere
                 by_shard.setdefault(shard_id, [])
         shard_ids = list(by_shard)
         replies = await asyncio.gather(
@@ -197,8 +195,8 @@ class ShardActivity:
     async def _ask(
         self, shard_id: str, queries: list[Query], customers: list[str], config: RiskConfig, budget: Budget
     ) -> Answer:
-        """The summaries of `queries` and totals of `customers` in order, or
-        None if the shard did not answer."""
+        """The summaries of `queries` in order and the totals the shard gave
+        of `customers`; None if it did not answer the queries."""
         loop = asyncio.get_running_loop()
         waiting = _Waiting(queries, customers, loop.create_future())
         queue = self._waiting.get(shard_id)
