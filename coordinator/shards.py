@@ -199,17 +199,19 @@ class Shards:
         """A unary call on the shard's cached stub."""
         return lambda shard_id, timeout_s: call(self.router.stub(shard_id), timeout_s)
 
-    def _write_legs(self, request: WriteRequest) -> Send[ledger_pb2.LegsResponse]:
-        async def send(shard_id: str, timeout_s: float) -> ledger_pb2.LegsResponse:
-            return (await self.router.stream(shard_id).send(request, timeout_s)).legs
+    def _write(self, request: WriteRequest, answer: Callable[[ledger_pb2.WriteReply], T]) -> Send[T]:
+        """A message on the shard's write stream; `answer` picks the reply's body."""
+
+        async def send(shard_id: str, timeout_s: float) -> T:
+            return answer(await self.router.stream(shard_id).send(request, timeout_s))
 
         return send
+
+    def _write_legs(self, request: WriteRequest) -> Send[ledger_pb2.LegsResponse]:
+        return self._write(request, lambda reply: reply.legs)
 
     def _write_transfers(self, request: WriteRequest) -> Send[ledger_pb2.TransfersResponse]:
-        async def send(shard_id: str, timeout_s: float) -> ledger_pb2.TransfersResponse:
-            return (await self.router.stream(shard_id).send(request, timeout_s)).transfers
-
-        return send
+        return self._write(request, lambda reply: reply.transfers)
 
     async def _call(
         self, shard_id: str, method: str, deadline_s: float, send: Send[T]
