@@ -35,7 +35,12 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     up.add_argument("--data-dir", default="./var")
     up.add_argument("--shards", type=int, default=2)
     up.add_argument("--coordinators", type=int, default=2)
-    up.add_argument("--gateway-port", type=int, default=50051, help="nodes use +10.., coordinators +20..")
+    up.add_argument(
+        "--gateway-port",
+        type=int,
+        default=50051,
+        help="nodes use +10.., coordinators +20.., node frame lanes +80..",
+    )
     up.add_argument("--etcd-port", type=int, default=2379, help="peers use the next port")
     up.add_argument("--http-port", type=int, default=8080, help="the gateway's HTTP/JSON API")
     up.add_argument(

@@ -73,6 +73,9 @@ COORDINATOR_PORT_OFFSET = 20
 GATEWAY_METRICS_PORT_OFFSET = 30
 NODE_METRICS_PORT_OFFSET = 40
 COORDINATOR_METRICS_PORT_OFFSET = 50
+# A node's frame lane (ledger_node/frame_server.py): a fixed port, so a
+# restarted node comes back where its callers' firewall rules expect it.
+NODE_FRAME_PORT_OFFSET = 80
 # Prometheus file_sd targets, under the data dir (see `prometheus_targets`).
 PROMETHEUS_TARGETS_FILE = "prometheus/targets.json"
 # Each health probe's own deadline.
@@ -158,7 +161,7 @@ class LocalCluster:
         self.secret_file = self.data_dir / service_auth.SECRET_FILE_NAME
         self.reader_file = self.data_dir / service_auth.READER_SECRET_FILE_NAME
         self.metrics = metrics
-        spare = iter(processes.free_ports(4 + 2 * (shards + coordinators + 1)))
+        spare = iter(processes.free_ports(4 + 2 * (shards + coordinators + 1) + shards))
         # An explicit etcd port takes the next one for peers (2379/2380), as etcd's defaults do.
         peer_port = etcd_port + 1 if etcd_port is not None else next(spare)
         etcd_port = etcd_port if etcd_port is not None else next(spare)
@@ -180,7 +183,7 @@ class LocalCluster:
         for i in range(1, shards + 1):
             self._add_python(
                 f"shard-{i}", LEDGER_NODE, port(NODE_PORT_OFFSET, i - 1), "--shard-id",
-                metrics_port(NODE_METRICS_PORT_OFFSET, i - 1),
+                metrics_port(NODE_METRICS_PORT_OFFSET, i - 1), port(NODE_FRAME_PORT_OFFSET, i - 1),
             )  # fmt: skip
         # Shards added later (`shardbank shard add`) come back with the cluster.
         for added in added_shards.read(self.data_dir):
@@ -207,12 +210,16 @@ class LocalCluster:
     def _add(self, name: str, kind: str, address: str, argv: list[str], metrics_address: str = "") -> None:
         self._specs[name] = ComponentSpec(name, kind, address, tuple(argv), metrics_address)
 
-    def _add_python(self, name: str, kind: str, port: int, id_flag: str, metrics_port: int = 0) -> None:
-        """`metrics_port` 0: no /metrics."""
+    def _add_python(
+        self, name: str, kind: str, port: int, id_flag: str, metrics_port: int = 0, frame_port: int = 0
+    ) -> None:
+        """`metrics_port` 0: no /metrics. `frame_port`: a node's frame lane."""
         address = f"127.0.0.1:{port}"
         argv = [self.python, "-m", kind, id_flag, name, "--listen", address]
         if kind == LEDGER_NODE:
             argv += ["--data-dir", str(self.data_dir / name)]
+            if frame_port:
+                argv += ["--frame-listen", f"127.0.0.1:{frame_port}"]
         argv += ["--etcd", self.etcd_endpoint]
         argv += ["--cluster-secret-file", str(self.secret_file) if self.authenticate_services else ""]
         if kind == GATEWAY:
@@ -254,6 +261,11 @@ class LocalCluster:
 
     def address(self, name: str) -> str:
         return self.spec(name).address
+
+    def frame_address(self, name: str) -> str:
+        """A node's frame lane, as its command line asks for ("" if none given)."""
+        argv = self.spec(name).argv
+        return argv[argv.index("--frame-listen") + 1] if "--frame-listen" in argv else ""
 
     def log_path(self, name: str) -> Path:
         return self.log_dir / f"{self.spec(name).name}.log"

@@ -30,7 +30,7 @@ from coordinator.recovery import PREPARE_TIMEOUT_MS_DEFAULT, Recovery
 from coordinator.review import Review
 from coordinator.shards import Deadlines, Shards
 from coordinator.twopc import TwoPhaseCommit
-from shardbank import errors, limits, meta, metrics, service_auth
+from shardbank import errors, frame_lane, limits, meta, metrics, service_auth
 from shardbank.directory import CHANNEL_OPTIONS, ShardDirectory
 from shardbank.v1 import coordinator_pb2, coordinator_pb2_grpc, types_pb2
 
@@ -193,7 +193,9 @@ class CoordinatorApp:
         self.metrics_address = metrics.start_for(config.listen, config.metrics_port)
         self._unregister_metrics: list[Callable[[], None]] = []
         self.directory = ShardDirectory(
-            config.etcd, service_auth.channel_interceptors(config.cluster_secret, config.coordinator_id)
+            config.etcd,
+            service_auth.channel_interceptors(config.cluster_secret, config.coordinator_id),
+            frame_lane.Credentials(config.cluster_secret, config.coordinator_id),
         )
         extra = {"metrics_address": self.metrics_address} if self.metrics_address else None
         self.election = Election(config.etcd, config.coordinator_id, self.address, registration_extra=extra)

@@ -42,7 +42,7 @@ from gateway.risk.reload import ConfigHolder
 from gateway.risk.review import DeskReview
 from gateway.risk.state import ShardActivity
 from gateway.upstream import Cluster
-from shardbank import limits, meta, metrics, service_auth
+from shardbank import frame_lane, limits, meta, metrics, service_auth
 from shardbank.v1 import bank_pb2, bank_pb2_grpc, risk_pb2, risk_pb2_grpc
 
 if TYPE_CHECKING:
@@ -188,7 +188,9 @@ class Gateway:
 async def create_gateway(config: GatewayConfig) -> Gateway:
     """Everything built and the port bound; nothing served until `start()`."""
     cluster = Cluster(
-        config.etcd_endpoint, service_auth.channel_interceptors(config.cluster_secret, config.gateway_id)
+        config.etcd_endpoint,
+        service_auth.channel_interceptors(config.cluster_secret, config.gateway_id),
+        frame_lane.Credentials(config.cluster_secret, config.gateway_id),
     )
     await cluster.start()
     auth = Auth(KeyCache(config.etcd_endpoint), AuditLog(config.etcd_endpoint))

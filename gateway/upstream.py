@@ -12,7 +12,7 @@ import grpc
 import structlog
 
 from gateway.routing import Target
-from shardbank import errors, meta
+from shardbank import errors, frame_lane, meta
 from shardbank.directory import CHANNEL_OPTIONS, ShardDirectory, UnknownShard
 from shardbank.node_stream import NodeStream
 from shardbank.slots import SlotMap
@@ -142,8 +142,14 @@ class Cluster:
     """Shards and the coordinator, as the handlers see them. `interceptors`
     go on every channel to them (service tokens)."""
 
-    def __init__(self, etcd_endpoint: str, interceptors: Sequence[grpc.aio.ClientInterceptor] = ()) -> None:
-        self.directory = ShardDirectory(etcd_endpoint, interceptors)
+    def __init__(
+        self,
+        etcd_endpoint: str,
+        interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+        frames: frame_lane.Credentials | None = None,
+    ) -> None:
+        """`frames`: write to nodes on their frame lanes (`ShardDirectory`)."""
+        self.directory = ShardDirectory(etcd_endpoint, interceptors, frames)
         self.leader = LeaderCache(etcd_endpoint, interceptors)
         self._refresh_map = SingleFlight(self.directory.refresh)
 

@@ -46,6 +46,10 @@ def start_up_collector() -> Iterator[None]:
             gc.enable()
 
 
+# --frame-listen's default: the host of --listen, any free port.
+FRAME_LISTEN_AUTO = "auto"
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m ledger_node", description="Run one shardbank ledger node."
@@ -54,6 +58,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--listen", default="127.0.0.1:50061", help="host:port (default 127.0.0.1:50061)")
     parser.add_argument("--data-dir", default="var/shard-1", help="RocksDB directory (default var/shard-1)")
     parser.add_argument("--etcd", default="127.0.0.1:2379", help='etcd host:port; "" = standalone')
+    parser.add_argument(
+        "--frame-listen",
+        default=FRAME_LISTEN_AUTO,
+        help="host:port of the frame lane, the fast write path callers find in etcd "
+        '(default: --listen\'s host, a free port; "" = off, callers use the gRPC stream)',
+    )
     service_auth.add_secret_argument(parser)
     metrics.add_port_argument(parser)
     return parser.parse_args(argv)
@@ -65,6 +75,11 @@ async def serve(args: argparse.Namespace) -> int:
         node = await create_server(
             args.shard_id, args.listen, args.data_dir, args.etcd, cluster_secret=secret
         )
+    if args.frame_listen:
+        frame_listen = args.frame_listen
+        if frame_listen == FRAME_LISTEN_AUTO:
+            frame_listen = f"{args.listen.rpartition(':')[0] or '127.0.0.1'}:0"
+        await node.bind_frames(frame_listen)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

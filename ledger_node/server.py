@@ -26,7 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from ledger_node import journal, keys, slot_export, write_stream
+from ledger_node import frame_server, journal, keys, slot_export, write_stream
 from ledger_node.risk_activity import RiskActivity, history_events
 from ledger_node.state import InvariantViolation, Ledger
 from ledger_node.store import Store
@@ -571,6 +571,9 @@ class NodeServer:
         """`cluster_secret`: LedgerNode calls need a service token signed with
         it (`shardbank.service_auth`); empty: no check."""
         self.shard_id = shard_id
+        self._cluster_secret = cluster_secret
+        self._frames: frame_server.FrameServer | None = None
+        self.frame_address = ""
         self._etcd = etcd
         self._store = store
         self._watcher = watcher
@@ -631,6 +634,16 @@ class NodeServer:
         self.servicer.address = self.address
         return self.port
 
+    async def bind_frames(self, listen: str) -> None:
+        """Serve the frame lane (`ledger_node.frame_server`) on host:port
+        (port 0 picks one); announced in the registration, where callers find it."""
+        host, _, port = listen.rpartition(":")
+        detached = cast(Context, write_stream.DetachedContext("frame-lane"))
+        answer = functools.partial(self.servicer._answer, context=detached)
+        self._frames = frame_server.FrameServer(answer, self._cluster_secret)
+        bound = await self._frames.start(host or "127.0.0.1", int(port))
+        self.frame_address = f"{host or '127.0.0.1'}:{bound}"
+
     async def start(self) -> None:
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -642,10 +655,18 @@ class NodeServer:
             value = {"shard_id": self.shard_id, "address": self.address, "pid": os.getpid()}
             if self.metrics_address:
                 value["metrics_address"] = self.metrics_address
+            if self.frame_address:
+                value["frame_address"] = self.frame_address
             self._registration = meta.Registration(self._etcd, meta.SHARDS + self.shard_id, value).start()
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving", shard_id=self.shard_id, address=self.address, accounts=len(self.ledger.accounts))
+        log.info(
+            "serving",
+            shard_id=self.shard_id,
+            address=self.address,
+            frame_address=self.frame_address,
+            accounts=len(self.ledger.accounts),
+        )
 
     async def stop(self, grace_s: float = STOP_GRACE_S) -> None:
         """Graceful: no new RPCs, in-flight ones finish, the queue is written, the DB closed."""
@@ -653,7 +674,10 @@ class NodeServer:
         if self._registration is not None:
             self._registration.stop()
         self.servicer.streams_ending.set()
-        await self.server.stop(grace_s)
+        if self._frames is not None:
+            await asyncio.gather(self._frames.stop(grace_s), self.server.stop(grace_s))
+        else:
+            await self.server.stop(grace_s)
         self.writer.stop()
         if self._writer_task is not None:
             await self._writer_task
@@ -686,6 +710,7 @@ class NodeServer:
                 "shardbank_node_slots_owned": self._ownership.slots_owned(),
                 "shardbank_node_slot_map_version": self._ownership.version(),
                 "shardbank_node_max_epoch_seen": ledger.max_epoch,
+                "shardbank_node_frame_connections": 0 if self._frames is None else self._frames.connections,
             },
             counters={
                 "shardbank_node_transfers_committed": ledger.transfers_applied,

@@ -9,6 +9,7 @@ a failed connection to catch up at once.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from typing import Any
 import grpc
 import structlog
 
-from shardbank import limits, meta
+from shardbank import frame_lane, limits, meta
 from shardbank.node_stream import NodeStream, unary_calls
 from shardbank.slots import SlotMap
 from shardbank.v1 import ledger_pb2_grpc
@@ -34,6 +35,12 @@ CHANNEL_OPTIONS = [
 ]
 
 
+# Set to "grpc" in a caller's environment to keep its writes on the gRPC
+# stream even to nodes that announce a frame lane (a firewall that passes only
+# the gRPC port; a side-by-side measurement).
+TRANSPORT_ENV = "SHARDBANK_NODE_TRANSPORT"
+
+
 class UnknownShard(Exception):
     """The slot map names a shard that has no live registration."""
 
@@ -45,6 +52,7 @@ class _Node:
     neither is built per call."""
 
     address: str
+    frame_address: str
     channel: grpc.aio.Channel
     stub: ledger_pb2_grpc.LedgerNodeStub
     stream: NodeStream
@@ -55,11 +63,21 @@ class _Node:
 
 
 class ShardDirectory:
-    def __init__(self, etcd_endpoint: str, interceptors: Sequence[grpc.aio.ClientInterceptor] = ()) -> None:
+    def __init__(
+        self,
+        etcd_endpoint: str,
+        interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+        frames: frame_lane.Credentials | None = None,
+    ) -> None:
         """`interceptors` go on every channel to a node (service tokens:
-        `shardbank.service_auth.channel_interceptors`)."""
+        `shardbank.service_auth.channel_interceptors`). With `frames`, writes
+        go on a node's frame lane (`shardbank.frame_lane`) when it announces
+        one, signed with those credentials; else on its gRPC stream."""
         self._etcd_endpoint = etcd_endpoint
         self._interceptors = list(interceptors)
+        if os.environ.get(TRANSPORT_ENV, "") == "grpc":
+            frames = None
+        self._frames = frames
         self._slot_maps = meta.SlotMapWatcher(etcd_endpoint)
         self._lock = threading.Lock()
         self._registry: dict[str, dict[str, Any]] = {}
@@ -105,23 +123,33 @@ class ShardDirectory:
             entry = self._registry.get(shard_id)
         return None if entry is None else str(entry["address"])
 
+    def _frame_address(self, shard_id: str) -> str:
+        """The node's announced frame lane, "" when it has none or we do not use it."""
+        if self._frames is None:
+            return ""
+        with self._lock:
+            entry = self._registry.get(shard_id)
+        return "" if entry is None else str(entry.get("frame_address", ""))
+
     def stub(self, shard_id: str) -> ledger_pb2_grpc.LedgerNodeStub:
         """The stub on the shard's cached channel; raises UnknownShard if not registered."""
         return self._node(shard_id).stub
 
     def stream(self, shard_id: str) -> NodeStream:
-        """The shard's write stream (`shardbank.node_stream`), on the same
-        channel as `stub`; raises UnknownShard if not registered."""
+        """The shard's write stream (`shardbank.node_stream`): on its frame
+        lane if it has one, else on the same channel as `stub`; raises
+        UnknownShard if not registered."""
         return self._node(shard_id).stream
 
     def _node(self, shard_id: str) -> _Node:
         """The shard's channel, stub and stream, kept while its registered
-        address stays the same (a new address closes the old ones)."""
+        addresses stay the same (a new one closes the old ones)."""
         address = self.address(shard_id)
         if address is None:
             raise UnknownShard(shard_id)
+        frame_address = self._frame_address(shard_id)
         cached = self._nodes.get(shard_id)
-        if cached is None or cached.address != address:
+        if cached is None or cached.address != address or cached.frame_address != frame_address:
             if cached is not None:
                 closing = asyncio.ensure_future(cached.close())
                 self._closing.add(closing)
@@ -130,8 +158,11 @@ class ShardDirectory:
                 address, options=CHANNEL_OPTIONS, interceptors=self._interceptors
             )
             stub = ledger_pb2_grpc.LedgerNodeStub(channel)
-            stream = NodeStream(stub.WriteStream, shard_id, unary=unary_calls(stub))
-            cached = self._nodes[shard_id] = _Node(address, channel, stub, stream)
+            if frame_address and self._frames is not None:
+                stream = NodeStream(frame_lane.opener(frame_address, self._frames, shard_id), shard_id)
+            else:
+                stream = NodeStream(stub.WriteStream, shard_id, unary=unary_calls(stub))
+            cached = self._nodes[shard_id] = _Node(address, frame_address, channel, stub, stream)
         return cached
 
     async def refresh(self) -> None:

@@ -144,6 +144,7 @@ NODE_GAUGES = {
     "shardbank_node_slots_owned": "Slots the slot map assigns to this shard.",
     "shardbank_node_slot_map_version": "Version of the slot map this node serves by.",
     "shardbank_node_max_epoch_seen": "Highest coordinator epoch this shard has seen (fencing).",
+    "shardbank_node_frame_connections": "Open frame lane connections (gateways' and coordinators' writes).",
 }
 NODE_COUNTERS = {
     "shardbank_node_transfers_committed": "Transfers posted on this shard (single-shard posts and "

@@ -252,6 +252,9 @@ class NodeStream:
                 failure = ended
             else:
                 failure = _unavailable(f"stream to {self._name} broke ({ended.code.name})")
+        except BankError as ended:
+            # A frame lane's end: already UNAVAILABLE, or the node's refusal as it said it.
+            failure = ended
         except asyncio.CancelledError:
             pass
         except Exception as exc:  # a bug here must not leave senders hanging

@@ -29,8 +29,8 @@ pytestmark = pytest.mark.integration
 
 READY_TIMEOUT_S = 90.0
 # `up --gateway-port BASE` puts the node at +10, the coordinator at +20 and
-# the three /metrics endpoints at +30, +40, +50.
-PORT_OFFSETS = (0, 10, 20, 30, 40, 50)
+# the three /metrics endpoints at +30, +40, +50, the node's frame lane at +80.
+PORT_OFFSETS = (0, 10, 20, 30, 40, 50, 80)
 
 
 def _free(port: int) -> bool:

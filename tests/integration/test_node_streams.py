@@ -9,6 +9,7 @@ books balance.
 
 from __future__ import annotations
 
+import json
 import random
 import subprocess
 import sys
@@ -122,23 +123,34 @@ def test_node_killed_mid_stream_resends_move_money_once(small_cluster: LocalClus
     debited = [e.transfer.id for e in history.entries if e.balance_delta < 0]
     assert sorted(debited) == sorted(committed), "a transfer is missing or applied twice"
     setup.close_channel()
+    # The writes went on the frame lane, before the kill and after the restart
+    # (the gateway's and the coordinator's connections each time); nobody
+    # fell back to a gRPC WriteStream.
+    lines = small_cluster.log_path("shard-1").read_text().splitlines()
+    events = [json.loads(line)["event"] for line in lines if line.startswith("{")]
+    assert events.count("serving") == 2
+    assert events.count("frame_lane_opened") >= 4
+    assert "write_stream_opened" not in events
 
 
 CALLER_KILLS = 15
 
 
-def test_node_survives_callers_killed_mid_stream(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["grpc", "frames"])
+def test_node_survives_callers_killed_mid_stream(tmp_path: Path, transport: str) -> None:
     """A caller (gateway, coordinator) killed -9 while its write streams carry
     messages must not take the node down with it. It did: the stream handler's
     `finally` read `context.peer()` after grpc had freed the call, a segfault
-    in cygrpc that killed both nodes in a chaos run when a leader was killed."""
+    in cygrpc that killed both nodes in a chaos run when a leader was killed.
+    The frame lane's answers outlive their connection the same way."""
     with LocalCluster(
         tmp_path / "node", shards=1, coordinators=0, gateway=False, authenticate_services=False, metrics=False
     ) as node:
         pid = node.pid("shard-1")
         for kill in range(CALLER_KILLS):
+            lane = [node.frame_address("shard-1")] if transport == "frames" else []
             caller = subprocess.Popen(
-                [sys.executable, "-m", "tests.integration.stream_client", node.address("shard-1")],
+                [sys.executable, "-m", "tests.integration.stream_client", node.address("shard-1"), *lane],
                 stdout=subprocess.PIPE,
                 cwd=ROOT,
             )

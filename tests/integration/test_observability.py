@@ -108,6 +108,10 @@ def test_every_component_announces_and_serves_metrics_with_transfer_counts(
         assert value(node, "shardbank_node_accounts") >= 1, shard_id
         assert value(node, "shardbank_node_journal_seq") > 0, shard_id
         assert value(node, "shardbank_node_slots_owned") == 2048, shard_id
+        # Frame lanes open: shard-1 took the gateway's single-shard writes and
+        # the coordinator's Decide, shard-2 only the coordinator's Prepare/Finish.
+        lanes = {"shard-1": 2, "shard-2": 1}[shard_id]
+        assert value(node, "shardbank_node_frame_connections") == lanes, shard_id
         assert value(node, "shardbank_rocksdb_estimate_num_keys") > 0, shard_id
         assert ("shardbank_rocksdb_mem_tables_size_bytes", ()) in node, shard_id
     # The cross-shard transfer prepared on shard-2 and was finished there too.

@@ -122,7 +122,8 @@ def test_ports_with_a_base_port(tmp_path: Path) -> None:
     node_argv = cluster.spec("shard-2").argv
     assert node_argv[1:] == (
         "-m", "ledger_node", "--shard-id", "shard-2", "--listen", "127.0.0.1:50062",
-        "--data-dir", str(tmp_path.resolve() / "shard-2"), "--etcd", "127.0.0.1:2379",
+        "--data-dir", str(tmp_path.resolve() / "shard-2"), "--frame-listen", "127.0.0.1:50132",
+        "--etcd", "127.0.0.1:2379",
         "--cluster-secret-file", str(tmp_path.resolve() / "cluster.secret"),
         "--metrics-port", "50092",
     )  # fmt: skip
