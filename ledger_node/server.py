@@ -504,6 +504,7 @@ class LedgerNodeServicer(ledger_pb2_grpc.LedgerNodeServicer):
             accounts=accounts, journal_seq=self._ledger.journal_seq, done=done
         )
 
+    @_guard
     async def GetActivity(
         self, request: ledger_pb2.GetActivityRequest, context: Context
     ) -> ledger_pb2.GetActivityResponse:

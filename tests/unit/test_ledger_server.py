@@ -165,3 +165,29 @@ async def _broken(tmp_path: Path) -> None:
         check = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=DEADLINE_S)
         assert check.status == health_pb2.HealthCheckResponse.NOT_SERVING
     await node.stop()
+
+
+def test_a_bad_activity_query_gets_its_status_not_an_unknown_error(tmp_path: Path) -> None:
+    """GetActivity had no failure guard: a refusal left the handler as an
+    exception, and the caller read UNKNOWN with the exception's class name."""
+    asyncio.run(_bad_activity(tmp_path))
+
+
+async def _bad_activity(tmp_path: Path) -> None:
+    node = await started(tmp_path / "shard-1")
+    try:
+        async with grpc.aio.insecure_channel(node.address) as channel:
+            stub = ledger_pb2_grpc.LedgerNodeStub(channel)
+            for request, code, reason in (
+                (ledger_pb2.GetActivityRequest(), grpc.StatusCode.INVALID_ARGUMENT, errors.BATCH_EMPTY),
+                (
+                    ledger_pb2.GetActivityRequest(customer_ids=["c" * 65]),
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    errors.INVALID_ARGUMENT,
+                ),
+            ):
+                refused = await rpc_error(stub.GetActivity(request, timeout=DEADLINE_S))
+                assert (refused.code, refused.reason) == (code, reason)
+                assert "Error" not in refused.message and "Traceback" not in refused.message
+    finally:
+        await node.stop(0)
