@@ -13,8 +13,9 @@ one shard, fresh ids, every item commits), each reported as transfers/s:
    so the client's protobuf work stays off the measured path as far as it can
    (the client still shares the machine with the node).
 4. `stream`: the same node and requests, each a message on one long-lived
-   `WriteStream` (what the gateway and coordinator send), `--concurrency`
-   messages in flight.
+   gRPC `WriteStream`, `--concurrency` messages in flight.
+5. `frames`: the same messages on the node's frame lane (what the gateway and
+   coordinator send: `shardbank.frame_lane`).
 
 Every layer checks that every item came back COMMITTED: a fast wrong answer is
 not a result. `--profile state` prints a cProfile of layer 1 instead.
@@ -48,7 +49,7 @@ from ledger_node.state import Ledger, Response
 from ledger_node.store import Store
 from ledger_node.testing import NOW_MS, account, deposit, move
 from ledger_node.writer import Writer
-from shardbank import limits, service_auth
+from shardbank import frame_lane, limits, service_auth
 from shardbank.node_stream import NodeStream
 from shardbank.v1 import ledger_pb2, ledger_pb2_grpc, types_pb2
 
@@ -236,11 +237,13 @@ async def _run_grpc(
     setup: list[object],
     work: list[ledger_pb2.ApplyTransfersRequest],
     concurrency: int,
-    streamed: bool = False,
+    transport: str = "unary",
 ) -> tuple[float, float]:
-    """Layer 3, or with `streamed` layer 4: the same requests as messages on
-    one `WriteStream` (`shardbank.node_stream`), `concurrency` in flight."""
+    """Layer 3 (`transport` "unary"), or the same requests as messages on one
+    `NodeStream` (`shardbank.node_stream`) over a gRPC `WriteStream` (layer 4,
+    "stream") or the frame lane (layer 5, "frames"), `concurrency` in flight."""
     address = f"127.0.0.1:{_free_port()}"
+    frame_address = f"127.0.0.1:{_free_port()}"
     command = [
         sys.executable,
         "-m",
@@ -253,6 +256,8 @@ async def _run_grpc(
         data_dir,
         "--etcd",
         "",
+        "--frame-listen",
+        frame_address,
     ]
     env = {k: v for k, v in os.environ.items() if k != service_auth.SECRET_FILE_ENV}  # auth off
     node = subprocess.Popen(command, stderr=subprocess.DEVNULL, env=env)
@@ -270,11 +275,15 @@ async def _run_grpc(
                 else:
                     _check_committed(await stub.ApplyTransfers(request, timeout=CALL_TIMEOUT_S))
             queue = list(reversed(work))
-            stream = NodeStream(stub.WriteStream, SHARD_ID)
+            if transport == "frames":
+                lane = frame_lane.opener(frame_address, frame_lane.Credentials(b"", "bench"), SHARD_ID)
+                stream = NodeStream(lane, SHARD_ID)
+            else:
+                stream = NodeStream(stub.WriteStream, SHARD_ID)
 
             async def worker() -> None:
                 while queue:
-                    if streamed:
+                    if transport != "unary":
                         reply = await stream.send(queue.pop(), CALL_TIMEOUT_S)
                         _check_committed(reply.transfers)
                     else:
@@ -309,8 +318,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--layers",
-        default="state,store,grpc,stream",
-        help="comma-separated subset of state,store,grpc,stream",
+        default="state,store,grpc,stream,frames",
+        help="comma-separated subset of state,store,grpc,stream,frames",
     )
     parser.add_argument(
         "--profile", action="store_true", help="cProfile the state layer (slower; not a result)"
@@ -363,13 +372,15 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             shutil.rmtree(path, ignore_errors=True)
         report("grpc", elapsed, cpu, "  + node process, ApplyTransfers over 127.0.0.1 (CPU: node only)")
-    if "stream" in layers:
-        path = tempfile.mkdtemp(prefix="ledger-micro-stream-")
+    for layer, what in (("stream", "gRPC WriteStream"), ("frames", "frame lane")):
+        if layer not in layers:
+            continue
+        path = tempfile.mkdtemp(prefix=f"ledger-micro-{layer}-")
         try:
-            elapsed, cpu = asyncio.run(_run_grpc(path, setup_objects, work, args.concurrency, streamed=True))
+            elapsed, cpu = asyncio.run(_run_grpc(path, setup_objects, work, args.concurrency, layer))
         finally:
             shutil.rmtree(path, ignore_errors=True)
-        report("stream", elapsed, cpu, "  + node process, WriteStream messages (CPU: node only)")
+        report(layer, elapsed, cpu, f"  + node process, {what} messages (CPU: node only)")
     if not args.no_save and not args.profile:
         RESULTS_DIR.mkdir(exist_ok=True)
         out = RESULTS_DIR / f"ledger-micro-{time.strftime('%Y%m%d-%H%M%S')}.txt"
