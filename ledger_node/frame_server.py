@@ -275,11 +275,11 @@ class FrameServer:
         self.stopping = True
         if self._server is not None:
             self._server.close()
-        connections = list(self._connections)
-        if connections:
-            await asyncio.wait(
-                [asyncio.ensure_future(c.drain_and_close()) for c in connections], timeout=grace_s
-            )
+        drains = [asyncio.ensure_future(c.drain_and_close()) for c in self._connections]
+        if drains:
+            _, late = await asyncio.wait(drains, timeout=grace_s)
+            for drain in late:
+                drain.cancel()
         for connection in list(self._connections):
             connection.abort()  # past the grace: its caller fails the rest UNAVAILABLE
         if self._server is not None:
