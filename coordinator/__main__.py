@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 
 from coordinator.recovery import PREPARE_TIMEOUT_MS_DEFAULT
 from coordinator.server import Config, serve
-from shardbank import event_loop, logs, metrics, service_auth
+from shardbank import logs, metrics, service_auth
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
@@ -42,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
 
 
 def main(argv: list[str] | None = None) -> int:
-    event_loop.run(serve(parse_args(argv)))
+    asyncio.run(serve(parse_args(argv)))
     return 0
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 
 from gateway.review.desk import REVIEW_DEADLINE_MS_DEFAULT, ReviewConfig
 from gateway.review.testhook import parse_rule
 from gateway.risk.config import DEFAULT_PATH as DEFAULT_RISK_CONFIG
 from gateway.server import GatewayConfig, serve
-from shardbank import event_loop, logs, metrics, service_auth
+from shardbank import logs, metrics, service_auth
 
 
 def parse_args(argv: list[str] | None = None) -> GatewayConfig:
@@ -74,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> GatewayConfig:
 
 def main(argv: list[str] | None = None) -> None:
     config = parse_args(argv)
-    event_loop.run(serve(config))
+    asyncio.run(serve(config))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import structlog
 
 from ledger_node.server import create_server
-from shardbank import event_loop, logs, metrics, service_auth
+from shardbank import logs, metrics, service_auth
 
 log = structlog.get_logger("ledger_node")
 
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logs.configure("ledger_node", shard_id=args.shard_id)
     try:
-        return event_loop.run(serve(args))
+        return asyncio.run(serve(args))
     except service_auth.SecretError as exc:
         log.error("cluster_secret_unusable", detail=str(exc))
         return 2
