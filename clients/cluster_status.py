@@ -106,6 +106,7 @@ def shard_rows(
         row: dict[str, Any] = {
             "shard_id": shard_id,
             "address": entry.get("address", ""),
+            "frame_address": entry.get("frame_address", ""),
             "metrics_address": entry.get("metrics_address", ""),
             "slots": len(slot_map.slots_of(shard_id)) if slot_map is not None else 0,
             "slot_ranges": slot_ranges(slot_map, shard_id),

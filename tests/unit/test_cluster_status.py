@@ -26,7 +26,7 @@ def test_transfer_rate_from_two_samples() -> None:
 def test_shard_rows_up_unreachable_and_down() -> None:
     slot_map = SlotMap.even(["shard-1", "shard-2", "shard-3"])
     registered = {
-        "shard-1": {"address": "h:1", "metrics_address": "h:91"},
+        "shard-1": {"address": "h:1", "metrics_address": "h:91", "frame_address": "h:131"},
         "shard-2": {"address": "h:2"},
         "shard-10": {"address": "h:10"},  # registered, owns no slots yet (a new shard)
     }
@@ -43,6 +43,7 @@ def test_shard_rows_up_unreachable_and_down() -> None:
     one = rows["shard-1"]
     assert (one["state"], one["accounts"], one["journal_seq"], one["in_doubt_legs"]) == ("up", 6, 90, 0)
     assert one["transfers_per_s"] == 100.0 and one["metrics_address"] == "h:91"
+    assert one["frame_address"] == "h:131" and rows["shard-2"]["frame_address"] == ""
     assert one["slots"] == len(slot_map.slots_of("shard-1")) and one["slot_ranges"] == ["0-1365"]
     assert rows["shard-2"]["state"] == "unreachable" and "DEADLINE" in rows["shard-2"]["error"]
     assert rows["shard-3"]["state"] == "down" and rows["shard-3"]["slots"] > 0
