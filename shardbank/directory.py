@@ -35,12 +35,6 @@ CHANNEL_OPTIONS = [
 ]
 
 
-# Set to "grpc" in a caller's environment to keep its writes on the gRPC
-# stream even to nodes that announce a frame lane (a firewall that passes only
-# the gRPC port; a side-by-side measurement).
-TRANSPORT_ENV = "SHARDBANK_NODE_TRANSPORT"
-
-
 class UnknownShard(Exception):
     """The slot map names a shard that has no live registration."""
 
@@ -75,7 +69,7 @@ class ShardDirectory:
         one, signed with those credentials; else on its gRPC stream."""
         self._etcd_endpoint = etcd_endpoint
         self._interceptors = list(interceptors)
-        if os.environ.get(TRANSPORT_ENV, "") == "grpc":
+        if os.environ.get(frame_lane.TRANSPORT_ENV, "") == "grpc":
             frames = None
         self._frames = frames
         self._slot_maps = meta.SlotMapWatcher(etcd_endpoint)

@@ -31,13 +31,20 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import grpc
+import structlog
 from google.protobuf.message import DecodeError
 
 from shardbank import errors, limits, service_auth
 from shardbank.errors import BankError
 from shardbank.v1 import ledger_pb2
 
+log = structlog.get_logger("frame_lane")
+
 VERSION = 1
+# Set to "grpc" in a caller's environment to keep its writes on the gRPC
+# stream even to nodes that announce a frame lane (a firewall that passes only
+# the gRPC port; a side-by-side measurement). Read by `ShardDirectory`.
+TRANSPORT_ENV = "SHARDBANK_NODE_TRANSPORT"
 # What a token on the lane is signed for, with the connection's nonce appended.
 METHOD = "/" + ledger_pb2.DESCRIPTOR.services_by_name["LedgerNode"].full_name + "/WriteStream"
 NONCE_BYTES = 32
@@ -194,7 +201,19 @@ class FrameCall:
                 lambda: _Receiver(self._inbox, self._name), host, port
             )
         except OSError as exc:
-            failure = unavailable(f"cannot reach {self._name}'s frame lane ({type(exc).__name__})")
+            # NodeStream retries (backing off to one open a second); a node
+            # that is down says so here, and so does a lane a firewall drops.
+            log.warning(
+                "frame_lane_unreachable",
+                node=self._name,
+                address=f"{host}:{port}",
+                error=type(exc).__name__,
+                hint=f"if only the node's gRPC port is reachable: {TRANSPORT_ENV}=grpc on callers, "
+                "or --frame-listen '' on the node",
+            )
+            failure = unavailable(
+                f"cannot reach {self._name}'s frame lane at {host}:{port} ({type(exc).__name__})"
+            )
             self._inbox.put_nowait(failure)
             return
         self._receiver = receiver

@@ -4,6 +4,7 @@ in-process node's `ledger_node.frame_server` on 127.0.0.1, port 0."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import struct
 from pathlib import Path
 
@@ -297,3 +298,18 @@ async def _stopping(tmp_path: Path) -> None:
         assert node.ledger.accounts[alice.id].balance == 1 + len(answered)
     finally:
         await stream.close()
+
+
+def test_an_unreachable_lane_fails_unavailable_naming_the_address() -> None:
+    asyncio.run(_unreachable())
+
+
+async def _unreachable() -> None:
+    with socket.socket() as sock:  # a port nothing listens on: bound, never listening
+        sock.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{sock.getsockname()[1]}"
+        stream = NodeStream(frame_lane.opener(address, OPEN, "shard-1"), "shard-1")
+        failed = await refusal(stream.send(apply(deposit(1, 5)), DEADLINE_S))
+        await stream.close()
+    assert (failed.code, failed.reason) == (grpc.StatusCode.UNAVAILABLE, errors.SHARD_UNAVAILABLE)
+    assert address in failed.message
