@@ -313,3 +313,45 @@ async def _unreachable() -> None:
         await stream.close()
     assert (failed.code, failed.reason) == (grpc.StatusCode.UNAVAILABLE, errors.SHARD_UNAVAILABLE)
     assert address in failed.message
+
+
+def test_connections_past_the_bound_and_callers_that_never_authenticate_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(frame_server, "CONNECTIONS_MAX", 2)
+    monkeypatch.setattr(frame_server, "AUTH_TIMEOUT_S", 0.2)
+    asyncio.run(_bounded(tmp_path))
+
+
+async def _bounded(tmp_path: Path) -> None:
+    node = await started(tmp_path / "shard-1")
+    host, _, port = node.frame_address.rpartition(":")
+    try:
+        first = await _handshake(node)
+        silent_reader, silent_writer = await asyncio.open_connection(host, int(port))
+        await _read_frame(silent_reader)  # its hello; it never answers
+        # A third connection is one too many: refused at once, with the reason.
+        reader, writer = await asyncio.open_connection(host, int(port))
+        crowded = ledger_pb2.WriteReply.FromString(await _read_frame(reader))
+        assert (crowded.id, crowded.error.reason) == (0, errors.OVERLOADED)
+        assert await asyncio.wait_for(reader.read(), DEADLINE_S) == b""
+        writer.close()
+        # The silent one is cut when its time to authenticate is up...
+        late = ledger_pb2.WriteReply.FromString(await _read_frame(silent_reader))
+        assert (late.id, late.error.reason) == (0, errors.SERVICE_UNAUTHENTICATED)
+        assert await asyncio.wait_for(silent_reader.read(), DEADLINE_S) == b""
+        silent_writer.close()
+        # ...which frees its place, and the authenticated one was never disturbed.
+        stream = lane(node)
+        alice = account()
+        await opened(node, alice)
+        served = await stream.send(apply(deposit(alice.id, 3)), DEADLINE_S)
+        assert served.transfers.transfers[0].status == types_pb2.TRANSFER_STATUS_COMMITTED
+        first[1].write(frame_lane.frame(write(9, deposit(alice.id, 4))))
+        answer = ledger_pb2.WriteReply.FromString(await _read_frame(first[0]))
+        assert answer.id == 9 and answer.transfers.transfers[0].status == types_pb2.TRANSFER_STATUS_COMMITTED
+        assert node.ledger.accounts[alice.id].balance == 7
+        await stream.close()
+        first[1].close()
+    finally:
+        await node.stop(0)
