@@ -75,8 +75,12 @@ def test_open_account_is_idempotent_and_conflicts_on_a_different_body() -> None:
 def test_malformed_accounts_are_refused_and_record_nothing(change: object, reason: str) -> None:
     node = MemoryLedger()
     given = account()
-    if given.holder.id_number[-1] == "0":  # keep the "wrong check digit" case wrong
-        given.holder.id_number = given.holder.id_number[:-1] + "1"
+    # A holder whose check digit is not "0", so the "wrong check digit" case
+    # really is wrong. (This used to overwrite a "0" with "1", which made the
+    # ID invalid for every other case too: which test failed depended on how
+    # many IDs the process had made before, i.e. on test order.)
+    while given.holder.id_number[-1] == "0":
+        given = account()
     change(given)  # type: ignore[operator]
     (result,) = node.open(given)
     if reason == errors.INVALID_ID_NUMBER and result.code == OK:
