@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections.abc import Awaitable, Callable
 
 import grpc
@@ -77,17 +76,15 @@ class _Gate:
             )
         if not self._secret:
             return None
-        method = frame_lane.signed_method(nonce)
-        now_ms = service_auth.wall_clock_ms()
-        verdict = service_auth.verify(self._secret, auth.token, method, now_ms)
-        if verdict.caller:
-            return None
-        if (
-            verdict.why == service_auth.BAD_SIGNATURE
-            and service_auth.verify(self._reader, auth.token, method, now_ms).caller
-        ):
-            return service_auth.read_only_refusal(frame_lane.METHOD)
-        return service_auth.refusal(verdict.why)
+        return service_auth.judge(
+            self._secret,
+            self._reader,
+            auth.token,
+            frame_lane.signed_method(nonce),
+            service_auth.wall_clock_ms(),
+            read_only=False,
+            named=frame_lane.METHOD,
+        )
 
 
 class _Connection(asyncio.Protocol):
@@ -179,7 +176,7 @@ class _Connection(asyncio.Protocol):
             return False
         failure = self._lane.gate.check(auth, self._nonce)
         if failure is not None:
-            self._lane.note_refusal(failure.message)
+            self._lane.refusals.note(failure.message, peer=self.peer)
             self._refuse(failure)
             return False
         self._authenticated = True
@@ -239,8 +236,7 @@ class FrameServer:
         self.stopping = False
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
-        self._refused = 0
-        self._logged_at_s = 0.0
+        self.refusals = service_auth.RefusalLog("frame_lane_refused")
 
     async def start(self, host: str, port: int) -> int:
         """Listen on host:port (0 picks one); returns the port."""
@@ -260,14 +256,6 @@ class FrameServer:
 
     def forget(self, connection: _Connection) -> None:
         self._connections.discard(connection)
-
-    def note_refusal(self, why: str) -> None:
-        """Logged at most once per interval, with a count (a misconfigured caller retries fast)."""
-        self._refused += 1
-        now_s = time.monotonic()
-        if now_s - self._logged_at_s >= service_auth.REFUSAL_LOG_INTERVAL_S:
-            log.warning("frame_lane_refused", why=why, refused=self._refused)
-            self._logged_at_s = now_s
 
     async def stop(self, grace_s: float) -> None:
         """No new connections or reads; answers in flight are sent (within

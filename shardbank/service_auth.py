@@ -223,6 +223,44 @@ def verify(
     return Verdict(caller=component_id)
 
 
+def judge(
+    secret: bytes, reader: bytes, token: str | None, method: str, now_ms: int, *, read_only: bool, named: str
+) -> errors.BankError | None:
+    """None when `token` may call `method` (the string it must be signed
+    for): signed with the cluster secret, or with the reader key (`reader`,
+    from `reader_secret`) when the call only reads (`read_only`); else the
+    refusal to answer, naming the call as `named`. The one rule for gRPC
+    calls (ServerAuthInterceptor) and frame lane connections."""
+    verdict = verify(secret, token, method, now_ms)
+    if verdict.caller:
+        return None
+    if verdict.why == BAD_SIGNATURE and verify(reader, token, method, now_ms).caller:
+        return None if read_only else read_only_refusal(named)
+    return refusal(verdict.why)
+
+
+class RefusalLog:
+    """Refusals counted, and logged as `event` at most once per
+    REFUSAL_LOG_INTERVAL_S with the count since the last line, so a
+    misconfigured caller retrying fast cannot flood the log."""
+
+    def __init__(self, event: str) -> None:
+        self._event = event
+        self.refused = 0
+        self._logged_refused = 0
+        self._logged_at_s = 0.0
+
+    def note(self, why: str, **fields: str) -> None:
+        self.refused += 1
+        now_s = time.monotonic()
+        if now_s - self._logged_at_s >= REFUSAL_LOG_INTERVAL_S:
+            log.warning(
+                self._event, **fields, why=why, refused_since_last_log=self.refused - self._logged_refused
+            )
+            self._logged_at_s = now_s
+            self._logged_refused = self.refused
+
+
 def refusal(why: str) -> errors.BankError:
     return errors.BankError(
         grpc.StatusCode.UNAUTHENTICATED,
@@ -397,9 +435,7 @@ class ServerAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._secret = secret
         self._reader = reader_secret(secret)
         self._clock_ms = clock_ms
-        self.refused = 0
-        self._logged_refused = 0
-        self._logged_at_s = 0.0
+        self.refusals = RefusalLog("service_call_refused")
 
     async def intercept_service(
         self,
@@ -410,31 +446,20 @@ class ServerAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if method.startswith(OPEN_SERVICE_PREFIXES):
             return await continuation(handler_call_details)
         token = _metadata_value(handler_call_details, METADATA_KEY)
-        now_ms = self._clock_ms()
-        verdict = verify(self._secret, token, method, now_ms)
-        if verdict.caller:
+        failure = judge(
+            self._secret,
+            self._reader,
+            token,
+            method,
+            self._clock_ms(),
+            read_only=method in READ_ONLY_METHODS,
+            named=method,
+        )
+        if failure is None:
             return await continuation(handler_call_details)
-        failure = refusal(verdict.why)
-        if verdict.why == BAD_SIGNATURE and verify(self._reader, token, method, now_ms).caller:
-            if method in READ_ONLY_METHODS:
-                return await continuation(handler_call_details)
-            failure = read_only_refusal(method)
-        self._note_refusal(method, failure.message)
+        self.refusals.note(failure.message, method=method)
         handler = await continuation(handler_call_details)
         return _aborting_handler(handler, failure.to_status())
-
-    def _note_refusal(self, method: str, why: str) -> None:
-        self.refused += 1
-        now_s = time.monotonic()
-        if now_s - self._logged_at_s >= REFUSAL_LOG_INTERVAL_S:
-            log.warning(
-                "service_call_refused",
-                method=method,
-                why=why,
-                refused_since_last_log=self.refused - self._logged_refused,
-            )
-            self._logged_at_s = now_s
-            self._logged_refused = self.refused
 
 
 def server_interceptors(secret: bytes) -> list[grpc.aio.ServerInterceptor]:
