@@ -75,11 +75,10 @@ async def serve(args: argparse.Namespace) -> int:
         node = await create_server(
             args.shard_id, args.listen, args.data_dir, args.etcd, cluster_secret=secret
         )
-    if args.frame_listen:
-        frame_listen = args.frame_listen
-        if frame_listen == FRAME_LISTEN_AUTO:
-            frame_listen = f"{args.listen.rpartition(':')[0] or '127.0.0.1'}:0"
-        await node.bind_frames(frame_listen)
+    if args.frame_listen == FRAME_LISTEN_AUTO:
+        await node.bind_frames(f"{node.address.rpartition(':')[0]}:0")  # the gRPC host, as bound
+    elif args.frame_listen:
+        await node.bind_frames(args.frame_listen)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

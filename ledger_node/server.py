@@ -639,11 +639,11 @@ class NodeServer:
         """Serve the frame lane (`ledger_node.frame_server`) on host:port
         (port 0 picks one); announced in the registration, where callers find it."""
         host, _, port = listen.rpartition(":")
+        host = host or "127.0.0.1"
         detached = cast(Context, write_stream.DetachedContext("frame-lane"))
         answer = functools.partial(self.servicer._answer, context=detached)
         self._frames = frame_server.FrameServer(answer, self._cluster_secret)
-        bound = await self._frames.start(host or "127.0.0.1", int(port))
-        self.frame_address = f"{host or '127.0.0.1'}:{bound}"
+        self.frame_address = f"{host}:{await self._frames.start(host, int(port))}"
 
     async def start(self) -> None:
         for service in ("", SERVICE_NAME):

@@ -117,14 +117,6 @@ class ShardDirectory:
             entry = self._registry.get(shard_id)
         return None if entry is None else str(entry["address"])
 
-    def _frame_address(self, shard_id: str) -> str:
-        """The node's announced frame lane, "" when it has none or we do not use it."""
-        if self._frames is None:
-            return ""
-        with self._lock:
-            entry = self._registry.get(shard_id)
-        return "" if entry is None else str(entry.get("frame_address", ""))
-
     def stub(self, shard_id: str) -> ledger_pb2_grpc.LedgerNodeStub:
         """The stub on the shard's cached channel; raises UnknownShard if not registered."""
         return self._node(shard_id).stub
@@ -138,10 +130,13 @@ class ShardDirectory:
     def _node(self, shard_id: str) -> _Node:
         """The shard's channel, stub and stream, kept while its registered
         addresses stay the same (a new one closes the old ones)."""
-        address = self.address(shard_id)
-        if address is None:
+        with self._lock:  # one read of the registration for both addresses (every write comes here)
+            entry = self._registry.get(shard_id)
+        if entry is None:
             raise UnknownShard(shard_id)
-        frame_address = self._frame_address(shard_id)
+        address = str(entry["address"])
+        # The announced frame lane; "" when it has none or we do not use it.
+        frame_address = str(entry.get("frame_address", "")) if self._frames is not None else ""
         cached = self._nodes.get(shard_id)
         if cached is None or cached.address != address or cached.frame_address != frame_address:
             if cached is not None:
@@ -152,7 +147,7 @@ class ShardDirectory:
                 address, options=CHANNEL_OPTIONS, interceptors=self._interceptors
             )
             stub = ledger_pb2_grpc.LedgerNodeStub(channel)
-            if frame_address and self._frames is not None:
+            if frame_address and self._frames is not None:  # (the second test is for mypy)
                 stream = NodeStream(frame_lane.opener(frame_address, self._frames, shard_id), shard_id)
             else:
                 stream = NodeStream(stub.WriteStream, shard_id, unary=unary_calls(stub))

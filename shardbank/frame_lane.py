@@ -135,14 +135,11 @@ def refusal_reply(failure: BankError) -> ledger_pb2.WriteReply:
     return ledger_pb2.WriteReply(id=0, error=error)
 
 
-_End = BankError
-
-
 class _Receiver(asyncio.Protocol):
     """Frames in: the first is the node's hello (`hello`), the rest replies,
     then the end, as events on one queue."""
 
-    def __init__(self, inbox: asyncio.Queue[bytes | _End], name: str) -> None:
+    def __init__(self, inbox: asyncio.Queue[bytes | BankError], name: str) -> None:
         self._inbox = inbox
         self._deframer = Deframer()
         self._name = name
@@ -186,7 +183,7 @@ class FrameCall:
         name: str,
         requests: AsyncIterator[ledger_pb2.WriteMessage],
     ) -> None:
-        self._inbox: asyncio.Queue[bytes | _End] = asyncio.Queue()
+        self._inbox: asyncio.Queue[bytes | BankError] = asyncio.Queue()
         self._name = name
         self._receiver: _Receiver | None = None
         self._ended: BankError | None = None
